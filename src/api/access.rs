@@ -1,0 +1,82 @@
+//! The access record: one log line and one set of metrics per request,
+//! written in one place from the outcome the handler attached.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderValue, header};
+
+use super::AppState;
+use crate::registry::Outcome;
+
+/// Which endpoint a request hit, for the metrics' `kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointKind {
+    Base,
+    Manifest,
+    Blob,
+    TagsList,
+    Other,
+}
+
+impl EndpointKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Base => "base",
+            EndpointKind::Manifest => "manifest",
+            EndpointKind::Blob => "blob",
+            EndpointKind::TagsList => "tags_list",
+            EndpointKind::Other => "other",
+        }
+    }
+}
+
+/// Logs and counts the request, and marks every answer with the API version.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let status = response.status();
+    let kind = response.extensions().get::<EndpointKind>().copied();
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(outcome) => outcome.as_str(),
+        None if status.is_client_error() || status.is_server_error() => "error",
+        None => Outcome::Local.as_str(),
+    };
+    let elapsed = started.elapsed();
+    let size = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(
+        target: "pullthrough::access",
+        method = %method,
+        uri = %uri,
+        status = status.as_u16(),
+        outcome,
+        size,
+        ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    if let Some(kind) = kind {
+        let kind = kind.as_str();
+        state
+            .metrics
+            .requests
+            .with_label_values(&[kind, outcome, status.as_str()])
+            .inc();
+        state
+            .metrics
+            .request_seconds
+            .with_label_values(&[kind, outcome])
+            .observe(elapsed.as_secs_f64());
+    }
+    response
+}

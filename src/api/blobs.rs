@@ -1,0 +1,92 @@
+//! The blob handler: whole or one range, from the cache or a download in
+//! progress.
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use super::range::{self, ByteRange};
+use super::{ApiError, AppState, resolve};
+use crate::cache::Content;
+use crate::digest::Digest;
+use crate::registry::{BlobBody, BlobReply};
+
+/// `GET|HEAD /v2/<name>/blobs/<digest>`.
+pub async fn serve(
+    state: &AppState,
+    query: Option<&str>,
+    name: &str,
+    digest: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let (upstream, repo) = resolve(state, query, name)?;
+    let digest: Digest = digest
+        .parse()
+        .map_err(crate::reference::ReferenceError::from)?;
+    let reply = state
+        .registry
+        .blob(&upstream, &repo, &digest, !head)
+        .await?;
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    Ok(blob_response(reply, &digest, range_header))
+}
+
+fn blob_response(reply: BlobReply, digest: &Digest, range_header: Option<&str>) -> Response {
+    let range = match reply.size {
+        Some(size) => range::parse(range_header, size),
+        // A download of unknown length can only be sent whole.
+        None => ByteRange::Full,
+    };
+    let (status, start, end) = match (range, reply.size) {
+        (ByteRange::Unsatisfiable, Some(size)) => return unsatisfiable(size, reply),
+        (ByteRange::Partial { start, end }, _) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        (_, size) => (StatusCode::OK, 0, size.unwrap_or(u64::MAX)),
+    };
+    let body = match reply.body {
+        BlobBody::None => Body::empty(),
+        BlobBody::Cached(Content::Memory(bytes)) if status == StatusCode::OK => Body::from(bytes),
+        BlobBody::Cached(content) => {
+            Body::from_stream(content.stream(start, end, reply.size.unwrap_or(0)))
+        }
+        BlobBody::Download(flight) => Body::from_stream(flight.stream(start, end)),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(size) = reply.size {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if status == StatusCode::PARTIAL_CONTENT {
+            let value = format!("bytes {start}-{}/{size}", end - 1);
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("ascii"),
+            );
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+        headers.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        headers.insert(header::ETAG, v);
+    }
+    response.extensions_mut().insert(reply.outcome);
+    response
+}
+
+fn unsatisfiable(size: u64, reply: BlobReply) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "BLOB_UNKNOWN",
+        format!("requested range lies outside the blob's {size} bytes"),
+    )
+    .into_response_with_outcome(reply.outcome);
+    let value = HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii");
+    response.headers_mut().insert(header::CONTENT_RANGE, value);
+    response
+}

@@ -1,0 +1,70 @@
+//! Manifest and tag-list handlers.
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use super::{ApiError, AppState, query_param, resolve};
+use crate::reference::Reference;
+use crate::registry::{AcceptSet, ManifestReply, Outcome};
+
+/// `GET|HEAD /v2/<name>/manifests/<reference>`.
+pub async fn serve(
+    state: &AppState,
+    query: Option<&str>,
+    name: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let (upstream, repo) = resolve(state, query, name)?;
+    let reference = Reference::parse(reference)?;
+    let accept = AcceptSet::from_headers(headers);
+    let reply = state
+        .registry
+        .manifest(&upstream, &repo, &reference, &accept, !head)
+        .await?;
+    Ok(manifest_response(reply))
+}
+
+/// The exact bytes with the headers clients check, on GET and HEAD alike.
+fn manifest_response(reply: ManifestReply) -> Response {
+    let digest = reply.digest.as_str();
+    let mut response = Response::new(reply.body.map_or_else(Body::empty, Body::from));
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&reply.media_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.size));
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        headers.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        headers.insert(header::ETAG, v);
+    }
+    response.extensions_mut().insert(reply.outcome);
+    response
+}
+
+/// `GET /v2/<name>/tags/list`, relayed with the client's `n` and `last`.
+pub async fn tags_list(
+    state: &AppState,
+    query: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let (upstream, repo) = resolve(state, query, name)?;
+    let forwarded: Vec<String> = ["n", "last"]
+        .iter()
+        .filter_map(|p| query_param(query, p).map(|v| format!("{p}={v}")))
+        .collect();
+    let relayed = state
+        .registry
+        .tags_list(&upstream, &repo, Some(&forwarded.join("&")))
+        .await?;
+    let mut response = Response::new(Body::from(relayed.body));
+    *response.status_mut() =
+        StatusCode::from_u16(relayed.status.as_u16()).unwrap_or(StatusCode::OK);
+    response.headers_mut().extend(relayed.headers);
+    response.extensions_mut().insert(Outcome::Relayed);
+    Ok(response)
+}

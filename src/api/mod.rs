@@ -1,0 +1,151 @@
+//! The HTTP API: the OCI distribution pull endpoints under `/v2/`, plus
+//! `/metrics` and `/healthz`.
+//!
+//! Handlers only extract, delegate to the [`Registry`] and shape the
+//! response. Every response passes through [`access::record`], which writes
+//! the one log line and the metrics of the request from the
+//! [`Outcome`](crate::registry::Outcome) the handler attached.
+
+mod access;
+mod blobs;
+mod error;
+mod manifests;
+mod range;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+pub use access::EndpointKind;
+pub use error::ApiError;
+pub use range::ByteRange;
+
+use crate::metrics::Metrics;
+use crate::reference::{RepoName, V2Path};
+use crate::registry::{Outcome, Registry};
+
+/// What every handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub metrics: Metrics,
+}
+
+/// The whole API, ready to serve or to drive with `oneshot` in tests.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(dispatch_base))
+        .route("/v2/", any(dispatch_base))
+        .route("/v2/{*rest}", any(dispatch))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::record,
+        ))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn dispatch_base(method: Method) -> Response {
+    tag(EndpointKind::Base, base(&method))
+}
+
+/// `/v2/`: tells clients this is a registry speaking API version 2.
+fn base(method: &Method) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::read_only());
+    }
+    let mut response = (StatusCode::OK, "{}").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.extensions_mut().insert(Outcome::Local);
+    Ok(response)
+}
+
+/// Routes `/v2/<rest>` by the endpoint its path names.
+async fn dispatch(
+    State(state): State<AppState>,
+    method: Method,
+    Path(rest): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let reads = method == Method::GET || method == Method::HEAD;
+    let head = method == Method::HEAD;
+    let query = query.as_deref();
+    match V2Path::parse(&rest) {
+        V2Path::Base => tag(EndpointKind::Base, base(&method)),
+        V2Path::Manifest { name, reference } if reads => tag(
+            EndpointKind::Manifest,
+            manifests::serve(&state, query, name, reference, &headers, head).await,
+        ),
+        V2Path::Blob { name, digest } if reads => tag(
+            EndpointKind::Blob,
+            blobs::serve(&state, query, name, digest, &headers, head).await,
+        ),
+        V2Path::TagsList { name } if reads => tag(
+            EndpointKind::TagsList,
+            manifests::tags_list(&state, query, name).await,
+        ),
+        V2Path::Manifest { .. }
+        | V2Path::Blob { .. }
+        | V2Path::TagsList { .. }
+        | V2Path::Upload { .. } => tag(EndpointKind::Other, Err(ApiError::read_only())),
+        V2Path::Unknown => tag(EndpointKind::Other, Err(ApiError::no_endpoint())),
+    }
+}
+
+/// Marks a response with its endpoint kind for the access record.
+fn tag(kind: EndpointKind, result: Result<Response, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(kind);
+    response
+}
+
+/// Reads one parameter from a raw query string.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Validates the name and picks the upstream (`?ns=` or the default).
+fn resolve(
+    state: &AppState,
+    query: Option<&str>,
+    name: &str,
+) -> Result<(std::sync::Arc<crate::upstream::Upstream>, RepoName), ApiError> {
+    let repo = RepoName::parse(name)?;
+    let upstream = state.registry.upstream(query_param(query, "ns"))?;
+    Ok((upstream, repo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found_by_name() {
+        assert_eq!(
+            query_param(Some("ns=docker.io&x=1"), "ns"),
+            Some("docker.io")
+        );
+        assert_eq!(query_param(Some("x=1&ns=ghcr.io"), "ns"), Some("ghcr.io"));
+        assert_eq!(query_param(Some("nsx=1"), "ns"), None);
+        assert_eq!(query_param(None, "ns"), None);
+    }
+}

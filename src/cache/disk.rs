@@ -1,0 +1,254 @@
+//! The disk tier: objects as files under the data directory, laid out by
+//! digest (`blobs/sha256/ab/<hex>`).
+//!
+//! Crash safety: bytes are written to a file in `tmp/`, fsynced, and only
+//! then given their final name with a hard link (atomic, and harmless if a
+//! racing writer got there first), after which the directory is fsynced.
+//! A crash leaves at most an orphan in `tmp/`, which start-up deletes; a
+//! final name always holds a whole, verified object.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{
+    CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
+};
+
+/// Manifests keep their media type in a file beside them with this suffix.
+const MEDIA_TYPE_SUFFIX: &str = ".type";
+
+/// Objects on the local file system.
+pub struct DiskTier {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Numbers temporary files uniquely within this process.
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+/// A file being written in the tier's `tmp/` directory; deleted when dropped,
+/// so an abandoned or failed download leaves nothing behind.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl TempFile {
+    /// The open file, for writing and for concurrent `read_at`.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> CacheError {
+    let context = context.into();
+    move |source| CacheError::Io {
+        tier: "disk",
+        context,
+        source,
+    }
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CacheError::Other {
+            tier: "disk",
+            message: e.to_string(),
+        })?
+}
+
+impl DiskTier {
+    /// Opens (creating) the tier under `root` and deletes leftovers of
+    /// writes a crash interrupted.
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_error(format!("clearing {}", tmp.display())))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io_error(format!("creating {}", tmp.display())))?;
+        Ok(DiskTier {
+            root: root.to_owned(),
+            tmp,
+        })
+    }
+
+    /// The directory the tier lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new empty file in `tmp/` for a download.
+    pub fn create_temp(&self) -> Result<TempFile, CacheError> {
+        create_temp_in(&self.tmp)
+    }
+
+    fn lookup_blocking(root: &Path, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
+        let path = root.join(super::object_path(key));
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(format!("opening {}", path.display()))(e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(io_error(format!("reading {}", path.display())))?
+            .len();
+        let media_type = match key.kind {
+            ObjectKind::Blob => None,
+            ObjectKind::Manifest => Some(fs::read_to_string(media_type_path(&path)).map_err(
+                io_error(format!("reading the media type of {}", path.display())),
+            )?),
+        };
+        let meta = ObjectMeta { size, media_type };
+        Ok(Some(Object {
+            meta,
+            content: Content::File(Arc::new(file)),
+        }))
+    }
+}
+
+fn create_temp_in(tmp: &Path) -> Result<TempFile, CacheError> {
+    let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    let path = tmp.join(format!("{}-{n}", std::process::id()));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_error(format!("creating {}", path.display())))?;
+    Ok(TempFile {
+        path,
+        file: Arc::new(file),
+    })
+}
+
+impl DiskTier {
+    fn store_blocking(root: &Path, tmp: &Path, object: &Verified) -> Result<(), CacheError> {
+        let target = root.join(super::object_path(object.key()));
+        let dir = target.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        if let Some(media_type) = &object.meta().media_type {
+            // The media type goes first, so a manifest is never found without it.
+            let temp = create_temp_in(tmp)?;
+            write_synced(&temp, media_type.as_bytes())?;
+            replace(&temp.path, &media_type_path(&target))?;
+        }
+        match object.payload() {
+            Payload::Bytes(bytes) => {
+                let temp = create_temp_in(tmp)?;
+                write_synced(&temp, bytes)?;
+                link(&temp.path, &target)?;
+            }
+            Payload::File(temp) => {
+                temp.file
+                    .sync_all()
+                    .map_err(io_error("syncing a download"))?;
+                link(&temp.path, &target)?;
+            }
+        }
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(format!("syncing {}", dir.display())))
+    }
+}
+
+fn media_type_path(object: &Path) -> PathBuf {
+    let mut name = object.as_os_str().to_owned();
+    name.push(MEDIA_TYPE_SUFFIX);
+    PathBuf::from(name)
+}
+
+fn write_synced(temp: &TempFile, bytes: &[u8]) -> Result<(), CacheError> {
+    (&*temp.file)
+        .write_all(bytes)
+        .and_then(|()| temp.file.sync_all())
+        .map_err(io_error(format!("writing {}", temp.path.display())))
+}
+
+/// Gives `temp` the name `target` unless a racing writer already did.
+fn link(temp: &Path, target: &Path) -> Result<(), CacheError> {
+    match fs::hard_link(temp, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error(format!("linking {}", target.display()))(e)),
+    }
+}
+
+fn replace(temp: &Path, target: &Path) -> Result<(), CacheError> {
+    fs::rename(temp, target).map_err(io_error(format!("renaming to {}", target.display())))
+}
+
+#[async_trait::async_trait]
+impl Tier for DiskTier {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    async fn lookup(&self, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
+        let root = self.root.clone();
+        let key = key.clone();
+        blocking(move || DiskTier::lookup_blocking(&root, &key)).await
+    }
+
+    async fn store(&self, object: &Verified) -> Result<(), CacheError> {
+        let (root, tmp, object) = (self.root.clone(), self.tmp.clone(), object.clone());
+        blocking(move || DiskTier::store_blocking(&root, &tmp, &object)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use bytes::Bytes;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stores_verified_objects_under_their_digest_and_finds_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path()).unwrap();
+        let body = Bytes::from_static(b"{\"schemaVersion\":2}");
+        let key = ObjectKey::manifest(Digest::sha256_of(&body));
+        let media = "application/vnd.oci.image.manifest.v1+json".to_owned();
+        let object = Verified::bytes(key.clone(), Some(media.clone()), body.clone()).unwrap();
+        tier.store(&object).await.unwrap();
+        tier.store(&object).await.unwrap();
+
+        let reopened = DiskTier::open(dir.path()).unwrap();
+        let hit = reopened.lookup(&key).await.unwrap().unwrap();
+        assert_eq!(hit.meta.size, body.len() as u64);
+        assert_eq!(hit.meta.media_type.as_deref(), Some(media.as_str()));
+        let Content::File(file) = hit.content else {
+            panic!("disk hits are files")
+        };
+        assert_eq!(
+            super::super::read::read_all(&file, hit.meta.size).unwrap(),
+            body
+        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn leftover_temp_files_are_cleared_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path()).unwrap();
+        let temp = tier.create_temp().unwrap();
+        std::mem::forget(temp);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        DiskTier::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

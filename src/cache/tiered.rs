@@ -1,0 +1,116 @@
+//! The tiers composed: lookups go top-down (memory, disk, then any shared
+//! tier), a hit below the top is copied up when small enough, and stores go
+//! to every tier.
+
+use std::sync::Arc;
+
+use super::read::{ByteStream, Extent, read_all, stream_range};
+use super::{CacheError, Content, DiskTier, MemoryTier, Object, ObjectKey, Tier, Verified};
+
+/// The cache as the rest of pullthrough sees it; cheap to clone.
+#[derive(Clone)]
+pub struct TieredCache {
+    memory: Arc<MemoryTier>,
+    disk: Arc<DiskTier>,
+    /// Every tier in lookup order, `memory` and `disk` included.
+    tiers: Arc<[Arc<dyn Tier>]>,
+}
+
+impl TieredCache {
+    /// Memory over disk; further tiers, slowest last, go below them.
+    pub fn new(memory: MemoryTier, disk: DiskTier, lower: Vec<Arc<dyn Tier>>) -> Self {
+        let memory = Arc::new(memory);
+        let disk = Arc::new(disk);
+        let mut tiers: Vec<Arc<dyn Tier>> = vec![memory.clone(), disk.clone()];
+        tiers.extend(lower);
+        TieredCache {
+            memory,
+            disk,
+            tiers: tiers.into(),
+        }
+    }
+
+    /// The memory tier, for the synchronous hot path.
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// The disk tier, which also holds downloads in progress.
+    pub fn disk(&self) -> &DiskTier {
+        &self.disk
+    }
+
+    /// The object and the name of the tier that held it.
+    pub async fn lookup(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<(Object, &'static str)>, CacheError> {
+        for (level, tier) in self.tiers.iter().enumerate() {
+            let Some(object) = tier.lookup(key).await? else {
+                continue;
+            };
+            let object = if level > 0 {
+                self.promote(key, object, level).await
+            } else {
+                object
+            };
+            return Ok(Some((object, tier.name())));
+        }
+        Ok(None)
+    }
+
+    /// Copies a small object into the tiers above `level`; large ones stay
+    /// where they are. Failures only cost a later miss, so they are logged.
+    async fn promote(&self, key: &ObjectKey, object: Object, level: usize) -> Object {
+        if !self.memory.accepts(object.meta.size) {
+            return object;
+        }
+        let bytes = match &object.content {
+            Content::Memory(bytes) => bytes.clone(),
+            Content::File(file) => {
+                let (file, size) = (file.clone(), object.meta.size);
+                match tokio::task::spawn_blocking(move || read_all(&file, size)).await {
+                    Ok(Ok(bytes)) => bytes,
+                    _ => return object,
+                }
+            }
+        };
+        let verified = Verified::from_tier(key.clone(), object.meta.clone(), bytes.clone());
+        for tier in &self.tiers[..level] {
+            if let Err(e) = tier.store(&verified).await {
+                tracing::warn!(error = %e, "could not copy an object up the cache");
+            }
+        }
+        Object {
+            meta: object.meta,
+            content: Content::Memory(bytes),
+        }
+    }
+
+    /// Stores a verified object in every tier. One tier failing does not
+    /// stop the others; the first failure is returned.
+    pub async fn store(&self, object: &Verified) -> Result<(), CacheError> {
+        let mut first_error = None;
+        for tier in self.tiers.iter() {
+            if let Err(e) = tier.store(object).await {
+                tracing::warn!(tier = tier.name(), error = %e, "could not store an object");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Content {
+    /// Streams bytes `start..end` of a cached object of `size` bytes.
+    pub fn stream(&self, start: u64, end: u64, size: u64) -> ByteStream {
+        match self {
+            Content::Memory(bytes) => {
+                let end = end.min(bytes.len() as u64) as usize;
+                let slice = bytes.slice((start as usize).min(end)..end);
+                Box::pin(futures_util::stream::once(async move { Ok(slice) }))
+            }
+            Content::File(file) => stream_range(file.clone(), start, end, Extent::Complete(size)),
+        }
+    }
+}

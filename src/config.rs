@@ -1,0 +1,462 @@
+//! Configuration: an embedded default, overlaid by a TOML file, then by
+//! environment variables and command-line flags (those two arrive together
+//! through clap as [`Overrides`]).
+//!
+//! An invalid configuration fails at start-up with the name of the field,
+//! never later at request time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The name of the upstream that plain `/v2/<name>` requests go to.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// The whole configuration of one pullthrough process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the registry API listens on.
+    pub listen: SocketAddr,
+    /// Where the disk tier and tag records live.
+    pub data_dir: PathBuf,
+    /// How long a tag→digest answer is trusted before a HEAD revalidates it.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// How long a tag is served stale after upstream failed, before the next try.
+    #[serde(with = "humantime_serde")]
+    pub stale_retry: Duration,
+    /// Upstream for requests that name none.
+    pub default_upstream: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    pub memory: MemoryConfig,
+    pub timeouts: TimeoutConfig,
+    /// Upstream registries by name, merged over the built-in ones.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// The in-memory tier, for manifests and small blobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Total bytes held; zero turns the tier off.
+    pub max_bytes: ByteSize,
+    /// Objects larger than this are served from disk only.
+    pub max_object_bytes: ByteSize,
+}
+
+/// Bounds on every upstream exchange.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// TCP and TLS connection set-up.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Longest wait for the next bytes of a response.
+    #[serde(with = "humantime_serde")]
+    pub read: Duration,
+    /// Whole-request bound for manifests, tokens and other small answers.
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+}
+
+/// One upstream registry, configured as a value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, such as `https://registry-1.docker.io`; http is allowed for local registries.
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Overrides the global `tag_ttl` for this upstream.
+    #[serde(default, with = "humantime_serde")]
+    pub tag_ttl: Option<Duration>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A credential that never appears in `Debug` output or logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The credential itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut upstreams = BTreeMap::new();
+        upstreams.insert(
+            DOCKER_HUB.to_owned(),
+            UpstreamConfig::new("https://registry-1.docker.io"),
+        );
+        Config {
+            listen: "0.0.0.0:5000".parse().expect("valid address"),
+            data_dir: PathBuf::from("pullthrough-data"),
+            tag_ttl: Duration::from_secs(300),
+            stale_retry: Duration::from_secs(15),
+            default_upstream: DOCKER_HUB.to_owned(),
+            log_format: LogFormat::Text,
+            memory: MemoryConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            upstreams,
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_bytes: ByteSize::mib(256),
+            max_object_bytes: ByteSize::mib(1),
+        }
+    }
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(30),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// An anonymous, enabled upstream at `url`.
+    pub fn new(url: &str) -> Self {
+        UpstreamConfig {
+            url: url.to_owned(),
+            username: None,
+            password: None,
+            tag_ttl: None,
+            enabled: true,
+        }
+    }
+}
+
+/// Settings given on the command line or in `PULLTHROUGH_*` variables; each
+/// one that is set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tag_ttl: Option<Duration>,
+    pub upstreams: Vec<(String, String)>,
+    pub memory_max_bytes: Option<ByteSize>,
+    pub log_format: Option<LogFormat>,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+}
+
+/// Why the configuration cannot be used; always names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Loads the embedded default, the optional file, the overrides and the
+    /// credential variables from `env`, then validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.apply_credentials_from_env(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a file's text; its upstreams are merged over the built-in ones.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        let mut config: Config = toml::from_str(text)?;
+        for (name, upstream) in Config::default().upstreams {
+            config.upstreams.entry(name).or_insert(upstream);
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = o.tag_ttl {
+            self.tag_ttl = v;
+        }
+        if let Some(v) = o.memory_max_bytes {
+            self.memory.max_bytes = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = o.connect_timeout {
+            self.timeouts.connect = v;
+        }
+        if let Some(v) = o.read_timeout {
+            self.timeouts.read = v;
+        }
+        for (name, url) in o.upstreams {
+            let entry = self
+                .upstreams
+                .entry(name)
+                .or_insert_with(|| UpstreamConfig::new(&url));
+            entry.url = url;
+            entry.enabled = true;
+        }
+    }
+
+    /// Reads `PULLTHROUGH_UPSTREAM_<NAME>_USERNAME` and `..._PASSWORD`, where
+    /// `<NAME>` is the upstream's name in upper case with every other
+    /// character turned into `_` (`docker.io` → `DOCKER_IO`).
+    fn apply_credentials_from_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        for (name, upstream) in &mut self.upstreams {
+            let prefix = format!("PULLTHROUGH_UPSTREAM_{}", env_key(name));
+            if let Some(user) = env(&format!("{prefix}_USERNAME")) {
+                upstream.username = Some(user);
+            }
+            if let Some(password) = env(&format!("{prefix}_PASSWORD")) {
+                upstream.password = Some(Secret(password));
+            }
+        }
+    }
+
+    /// Checks what serde's types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self.memory.max_object_bytes > self.memory.max_bytes && self.memory.max_bytes.0 > 0 {
+            return Err(invalid(
+                "memory.max_object_bytes",
+                "must not exceed memory.max_bytes",
+            ));
+        }
+        for (field, value) in [
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.read", self.timeouts.read),
+            ("timeouts.request", self.timeouts.request),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        for (name, upstream) in &self.upstreams {
+            let field = |f: &str| format!("upstreams.{name:?}.{f}");
+            if name.is_empty() || name.contains('/') {
+                return Err(invalid(
+                    field("name"),
+                    "must be a registry host name without '/'",
+                ));
+            }
+            match reqwest::Url::parse(&upstream.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => return Err(invalid(field("url"), "must be an http:// or https:// URL")),
+            }
+            if upstream.password.is_some() != upstream.username.is_some() {
+                return Err(invalid(
+                    field("username"),
+                    "username and password go together",
+                ));
+            }
+        }
+        match self.upstreams.get(&self.default_upstream) {
+            Some(u) if u.enabled => Ok(()),
+            _ => Err(invalid("default_upstream", "must name an enabled upstream")),
+        }
+    }
+
+    /// The tag TTL of upstream `name`.
+    pub fn tag_ttl_of(&self, name: &str) -> Duration {
+        self.upstreams
+            .get(name)
+            .and_then(|u| u.tag_ttl)
+            .unwrap_or(self.tag_ttl)
+    }
+}
+
+/// An upstream name as it appears in environment variable names.
+pub fn env_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Parses `NAME=URL`, the form of `--upstream`.
+pub fn parse_upstream_flag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, url)) if !name.is_empty() && !url.is_empty() => {
+            Ok((name.to_owned(), url.to_owned()))
+        }
+        _ => Err(format!("expected NAME=URL, got {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None, Overrides::default(), no_env).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:5000");
+        assert_eq!(c.memory.max_bytes, ByteSize::mib(256));
+        assert_eq!(c.upstreams[DOCKER_HUB].url, "https://registry-1.docker.io");
+    }
+
+    #[test]
+    fn file_overrides_and_merges_upstreams() {
+        let c = Config::from_toml(
+            r#"
+            tag_ttl = "30s"
+            [memory]
+            max_bytes = "64MiB"
+            [upstreams."ghcr.io"]
+            url = "https://ghcr.io"
+            tag_ttl = "1m"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tag_ttl, Duration::from_secs(30));
+        assert_eq!(c.memory.max_bytes, ByteSize::mib(64));
+        assert_eq!(c.tag_ttl_of("ghcr.io"), Duration::from_secs(60));
+        assert_eq!(c.tag_ttl_of(DOCKER_HUB), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_and_mistyped_fields_are_named() {
+        let err = Config::from_toml("tag_tll = \"5m\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tag_tll"), "{err}");
+        let err = Config::from_toml("[memory]\nmax_bytes = true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_bytes"), "{err}");
+        let err = Config::from_toml("tag_ttl = \"five minutes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tag_ttl"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let overrides = Overrides {
+            upstreams: vec![("docker.io".into(), "ftp://x".into())],
+            ..Overrides::default()
+        };
+        let err = Config::load(None, overrides, no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstreams.\"docker.io\".url"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_and_credentials_come_from_env() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            upstreams: vec![("docker.io".into(), "http://127.0.0.1:6000".into())],
+            ..Overrides::default()
+        };
+        let env = |k: &str| match k {
+            "PULLTHROUGH_UPSTREAM_DOCKER_IO_USERNAME" => Some("me".to_owned()),
+            "PULLTHROUGH_UPSTREAM_DOCKER_IO_PASSWORD" => Some("hunter2".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(None, overrides, env).unwrap();
+        assert_eq!(c.listen.port(), 1);
+        let hub = &c.upstreams[DOCKER_HUB];
+        assert_eq!(hub.url, "http://127.0.0.1:6000");
+        assert_eq!(hub.username.as_deref(), Some("me"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn upstream_flag_parses() {
+        assert_eq!(
+            parse_upstream_flag("docker.io=http://x:1").unwrap(),
+            ("docker.io".to_owned(), "http://x:1".to_owned())
+        );
+        assert!(parse_upstream_flag("nourl").is_err());
+    }
+}

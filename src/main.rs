@@ -1,0 +1,152 @@
+//! The `pullthrough` binary: parses flags, sets up logging, and runs the
+//! chosen command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Parser, Subcommand};
+use pullthrough::config::{Config, LogFormat, Overrides, parse_upstream_flag};
+use pullthrough::server;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "pullthrough",
+    version,
+    about = "A pull-through caching registry mirror"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry mirror.
+    Serve(ServeArgs),
+    /// Print the effective configuration (credentials hidden) and exit.
+    Config(ServeArgs),
+}
+
+/// Every flag can also be set by its `PULLTHROUGH_*` variable or in the file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; without one the embedded default applies.
+    #[arg(long, env = "PULLTHROUGH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:5000].
+    #[arg(long, env = "PULLTHROUGH_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory for the disk cache and tag records [default: ./pullthrough-data].
+    #[arg(long, env = "PULLTHROUGH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// An upstream as NAME=URL; repeat for more (comma-separated in the variable).
+    #[arg(long = "upstream", env = "PULLTHROUGH_UPSTREAM", value_delimiter = ',', value_parser = parse_upstream_flag)]
+    upstreams: Vec<(String, String)>,
+    /// How long a tag is trusted before revalidation, such as 30s or 5m [default: 5m].
+    #[arg(long, env = "PULLTHROUGH_TAG_TTL", value_parser = humantime::parse_duration)]
+    tag_ttl: Option<Duration>,
+    /// Size of the memory tier, such as 256MiB [default: 256MiB].
+    #[arg(long, env = "PULLTHROUGH_MEMORY_MAX_BYTES")]
+    memory_max_bytes: Option<ByteSize>,
+    /// Log line format [default: text].
+    #[arg(long, env = "PULLTHROUGH_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Upstream connect timeout [default: 5s].
+    #[arg(long, env = "PULLTHROUGH_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// Upstream read timeout: longest silence within a response [default: 30s].
+    #[arg(long, env = "PULLTHROUGH_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    read_timeout: Option<Duration>,
+}
+
+impl ServeArgs {
+    fn load(self) -> Result<Config, pullthrough::config::ConfigError> {
+        let overrides = Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            tag_ttl: self.tag_ttl,
+            upstreams: self.upstreams,
+            memory_max_bytes: self.memory_max_bytes,
+            log_format: self.log_format,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+        };
+        Config::load(self.config.as_deref(), overrides, |k| std::env::var(k).ok())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, serve) = match cli.command {
+        Command::Serve(args) => (args, true),
+        Command::Config(args) => (args, false),
+    };
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pullthrough: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !serve {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let _log_guard = init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(serve_until_signal(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pullthrough: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_until_signal(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let state = server::build_state(&config)?;
+    let listener = server::bind(&config).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        upstreams = ?config.upstreams.iter().filter(|(_, u)| u.enabled).map(|(n, u)| format!("{n}={}", u.url)).collect::<Vec<_>>(),
+        "pullthrough serving"
+    );
+    server::run(listener, state, shutdown_signal()).await?;
+    tracing::info!("pullthrough stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Logs go to stdout through a background writer, so a slow terminal or
+/// pipe never holds up a request. `PULLTHROUGH_LOG` (or `RUST_LOG`) filters.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = EnvFilter::try_from_env("PULLTHROUGH_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    guard
+}

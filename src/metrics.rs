@@ -1,0 +1,139 @@
+//! Prometheus metrics, registered once per process in one registry.
+//!
+//! Request metrics are recorded by the API's logging layer from each
+//! response's [`Outcome`](crate::registry::Outcome); upstream metrics by the
+//! upstream client. Nothing else records, so every figure has one source.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Cheap to clone: one `Arc` around the registered collectors.
+#[derive(Clone)]
+pub struct Metrics(Arc<Collectors>);
+
+/// The collectors themselves; reach them through [`Metrics`]' deref.
+pub struct Collectors {
+    registry: Registry,
+    /// Client requests by endpoint kind, outcome and status.
+    pub requests: IntCounterVec,
+    /// Client request latency by endpoint kind and outcome.
+    pub request_seconds: HistogramVec,
+    /// Requests sent upstream by upstream, kind and status (or error kind).
+    pub upstream_requests: IntCounterVec,
+    /// Blob bytes downloaded from upstream.
+    pub upstream_bytes: IntCounterVec,
+    /// Content that failed its digest check and was thrown away.
+    pub digest_mismatches: IntCounterVec,
+    /// The last `ratelimit-remaining` an upstream announced.
+    pub ratelimit_remaining: IntGaugeVec,
+    /// The last `ratelimit-limit` an upstream announced.
+    pub ratelimit_limit: IntGaugeVec,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Collectors;
+    fn deref(&self) -> &Collectors {
+        &self.0
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Registers every collector in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = counter(
+            &registry,
+            "pullthrough_requests_total",
+            "Client requests by endpoint kind, outcome and HTTP status.",
+            &["kind", "outcome", "status"],
+        );
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pullthrough_request_duration_seconds",
+                "Time to the response head, by endpoint kind and outcome.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+            ]),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("metric registered once");
+        let upstream_requests = counter(
+            &registry,
+            "pullthrough_upstream_requests_total",
+            "Requests sent to upstream registries, by kind and status or error.",
+            &["upstream", "kind", "status"],
+        );
+        let upstream_bytes = counter(
+            &registry,
+            "pullthrough_upstream_blob_bytes_total",
+            "Blob bytes downloaded from upstream registries.",
+            &["upstream"],
+        );
+        let digest_mismatches = counter(
+            &registry,
+            "pullthrough_digest_mismatches_total",
+            "Downloads discarded because their bytes did not match their digest, by object kind.",
+            &["kind"],
+        );
+        let ratelimit_remaining = gauge(
+            &registry,
+            "pullthrough_upstream_ratelimit_remaining",
+            "Pulls left in the upstream's window, from its ratelimit-remaining header.",
+            &["upstream"],
+        );
+        let ratelimit_limit = gauge(
+            &registry,
+            "pullthrough_upstream_ratelimit_limit",
+            "The upstream's pull limit per window, from its ratelimit-limit header.",
+            &["upstream"],
+        );
+        Metrics(Arc::new(Collectors {
+            registry,
+            requests,
+            request_seconds,
+            upstream_requests,
+            upstream_bytes,
+            digest_mismatches,
+            ratelimit_remaining,
+            ratelimit_limit,
+        }))
+    }
+
+    /// The text exposition format, for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

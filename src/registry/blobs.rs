@@ -1,0 +1,123 @@
+//! Blobs: immutable by digest, served from the cache with no upstream
+//! contact, or streamed from one shared download on a miss.
+
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+
+use super::{Outcome, Registry, RegistryError};
+use crate::cache::{Content, Flight, FlightError, ObjectKey, Source, SourceError};
+use crate::digest::Digest;
+use crate::reference::RepoName;
+use crate::upstream::{ErrorKind, Upstream, UpstreamError};
+
+/// Where a blob's bytes come from.
+pub enum BlobBody {
+    /// HEAD: no bytes.
+    None,
+    /// A cache hit.
+    Cached(Content),
+    /// A download in progress, possibly shared with other clients.
+    Download(Arc<Flight>),
+}
+
+/// A blob answer.
+pub struct BlobReply {
+    /// Unknown only for a download whose upstream sent no length.
+    pub size: Option<u64>,
+    pub body: BlobBody,
+    pub outcome: Outcome,
+}
+
+fn upstream_error(digest: &Digest) -> impl FnOnce(UpstreamError) -> RegistryError + '_ {
+    move |e| match e.kind {
+        ErrorKind::NotFound => RegistryError::BlobUnknown(digest.to_string()),
+        _ => RegistryError::Upstream(e),
+    }
+}
+
+impl Registry {
+    /// Answers a blob GET (`want_body`) or HEAD.
+    pub async fn blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        want_body: bool,
+    ) -> Result<BlobReply, RegistryError> {
+        let key = ObjectKey::blob(digest.clone());
+        if let Some((object, tier)) = self.cached(&key).await {
+            let body = if want_body {
+                BlobBody::Cached(object.content)
+            } else {
+                BlobBody::None
+            };
+            return Ok(BlobReply {
+                size: Some(object.meta.size),
+                body,
+                outcome: Outcome::Hit(tier),
+            });
+        }
+        let repo = upstream.canonical(repo);
+        if !want_body {
+            if let Some(flight) = self.inner.blob_flights.get(&key) {
+                if let Ok(Some(size)) = flight.ready().await {
+                    return Ok(BlobReply {
+                        size: Some(size),
+                        body: BlobBody::None,
+                        outcome: Outcome::Coalesced,
+                    });
+                }
+            }
+            let size = upstream
+                .head_blob(&repo, digest)
+                .await
+                .map_err(upstream_error(digest))?;
+            return Ok(BlobReply {
+                size,
+                body: BlobBody::None,
+                outcome: Outcome::Miss,
+            });
+        }
+        let source = download(upstream.clone(), repo, digest.clone());
+        let (flight, joined) =
+            self.inner
+                .blob_flights
+                .join_or_start(key, self.inner.cache.clone(), source);
+        let size = flight.ready().await.map_err(|e| flight_error(e, digest))?;
+        Ok(BlobReply {
+            size,
+            body: BlobBody::Download(flight),
+            outcome: Outcome::fetched(joined),
+        })
+    }
+}
+
+/// The upstream fetch a blob flight runs.
+async fn download(
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+) -> Result<Source, SourceError> {
+    let blob = upstream
+        .get_blob(&repo, &digest)
+        .await
+        .map_err(|e| Arc::new(e) as SourceError)?;
+    let body = blob.body.map_err(|e| Arc::new(e) as SourceError);
+    Ok(Source {
+        size: blob.size,
+        body: Box::new(body),
+    })
+}
+
+fn flight_error(error: FlightError, digest: &Digest) -> RegistryError {
+    match error {
+        FlightError::Source(source) => match source.downcast_ref::<UpstreamError>() {
+            Some(e) => upstream_error(digest)(e.clone()),
+            None => RegistryError::Abandoned,
+        },
+        FlightError::Mismatch(e) => RegistryError::DigestMismatch(e),
+        FlightError::Cache(e) => RegistryError::Cache(e),
+        FlightError::Abandoned => RegistryError::Abandoned,
+    }
+}

@@ -1,0 +1,196 @@
+//! The registry service: the one place that decides how each request is
+//! answered (from which tier, after which upstream exchange, stale or not)
+//! and says so in an [`Outcome`] that the API logs and counts.
+//!
+//! The API calls this layer; this layer calls the cache and upstreams, and
+//! never the API. It knows nothing of HTTP responses.
+
+mod accept;
+mod blobs;
+mod coalesce;
+mod manifests;
+mod tags;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use accept::{ALL_MANIFEST_TYPES, AcceptSet};
+pub use blobs::{BlobBody, BlobReply};
+pub use coalesce::{Abandoned, SingleFlight};
+pub use manifests::ManifestReply;
+pub use tags::{TagKey, TagRecord, TagStore};
+
+use crate::cache::{CacheError, Flights, TieredCache, Verified};
+use crate::digest::DigestMismatch;
+use crate::metrics::Metrics;
+use crate::reference::RepoName;
+use crate::upstream::{Relayed, Upstream, UpstreamError, Upstreams};
+
+/// How a request was answered; one per request, logged and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from a cache tier with no upstream contact.
+    Hit(&'static str),
+    /// Fetched from upstream for this request.
+    Miss,
+    /// Joined another request's upstream fetch.
+    Coalesced,
+    /// A tag past its TTL, confirmed unchanged by a free HEAD.
+    Revalidated,
+    /// Upstream failed; a cached copy was served instead.
+    Stale,
+    /// Relayed from upstream without caching (tag lists).
+    Relayed,
+    /// Answered locally without the cache (`/v2/`, errors).
+    Local,
+}
+
+impl Outcome {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit("memory") => "hit-memory",
+            Outcome::Hit("disk") => "hit-disk",
+            Outcome::Hit(_) => "hit-shared",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Stale => "stale",
+            Outcome::Relayed => "relayed",
+            Outcome::Local => "local",
+        }
+    }
+
+    fn fetched(joined: bool) -> Outcome {
+        if joined {
+            Outcome::Coalesced
+        } else {
+            Outcome::Miss
+        }
+    }
+}
+
+/// The service layer's error; the API turns each into an OCI error.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("blob unknown: {0}")]
+    BlobUnknown(String),
+    #[error("repository unknown: {0}")]
+    NameUnknown(String),
+    #[error("no upstream named {0:?} is configured")]
+    UnknownUpstream(String),
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    #[error("upstream sent corrupt content: {0}")]
+    DigestMismatch(DigestMismatch),
+    #[error(transparent)]
+    Cache(Arc<CacheError>),
+    #[error("an upstream fetch ended without a result")]
+    Abandoned,
+}
+
+impl From<CacheError> for RegistryError {
+    fn from(e: CacheError) -> Self {
+        RegistryError::Cache(Arc::new(e))
+    }
+}
+
+impl From<Abandoned> for RegistryError {
+    fn from(_: Abandoned) -> Self {
+        RegistryError::Abandoned
+    }
+}
+
+/// The service handle; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: Upstreams,
+    cache: TieredCache,
+    tags: TagStore,
+    blob_flights: Flights,
+    manifest_fetches: SingleFlight<crate::cache::ObjectKey, Result<Verified, RegistryError>>,
+    tag_checks: SingleFlight<TagKey, Result<manifests::TagCheck, RegistryError>>,
+    stale_retry: Duration,
+    metrics: Metrics,
+}
+
+impl Registry {
+    /// Assembles the service; tag records go under `data_dir/tags`.
+    pub fn new(
+        upstreams: Upstreams,
+        cache: TieredCache,
+        data_dir: &Path,
+        stale_retry: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, CacheError> {
+        let tags = TagStore::open(&data_dir.join("tags")).map_err(|source| CacheError::Io {
+            tier: "disk",
+            context: "opening the tag records".into(),
+            source,
+        })?;
+        let inner = Inner {
+            upstreams,
+            cache,
+            tags,
+            blob_flights: Flights::new(metrics.clone()),
+            manifest_fetches: SingleFlight::default(),
+            tag_checks: SingleFlight::default(),
+            stale_retry,
+            metrics,
+        };
+        Ok(Registry {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The upstream a request addresses: the one named by containerd's
+    /// `ns` parameter, else the default. Names outside the configuration
+    /// are refused, so no client can point pullthrough elsewhere.
+    pub fn upstream(&self, ns: Option<&str>) -> Result<Arc<Upstream>, RegistryError> {
+        match ns {
+            None => Ok(self.inner.upstreams.default_upstream().clone()),
+            Some(name) => self
+                .inner
+                .upstreams
+                .get(name)
+                .cloned()
+                .ok_or_else(|| RegistryError::UnknownUpstream(name.to_owned())),
+        }
+    }
+
+    /// Relays a tag list, with the client's `n` and `last`.
+    pub async fn tags_list(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        query: Option<&str>,
+    ) -> Result<Relayed, RegistryError> {
+        let repo = upstream.canonical(repo);
+        upstream
+            .tags_list(&repo, query)
+            .await
+            .map_err(|e| match e.kind {
+                crate::upstream::ErrorKind::NotFound => {
+                    RegistryError::NameUnknown(repo.to_string())
+                }
+                _ => RegistryError::Upstream(e),
+            })
+    }
+
+    fn mismatch(&self, upstream: &Upstream, e: DigestMismatch) -> RegistryError {
+        self.inner
+            .metrics
+            .digest_mismatches
+            .with_label_values(&["manifest"])
+            .inc();
+        tracing::error!(upstream = upstream.name(), error = %e, "digest mismatch; nothing stored");
+        RegistryError::DigestMismatch(e)
+    }
+}

@@ -1,0 +1,299 @@
+//! Registry authentication: the Bearer token flow and Basic credentials.
+//!
+//! A 401 carries a `WWW-Authenticate` challenge naming a token realm. The
+//! token for a scope is fetched once and reused by every request on that
+//! scope until `expires_in` runs out; concurrent requests for a missing token
+//! share one fetch. The realm is remembered, so later scopes get their token
+//! before the first request instead of after a 401.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::HeaderValue;
+use moka::Expiry;
+use moka::future::Cache;
+use serde::Deserialize;
+
+use super::error::{ErrorKind, UpstreamError};
+use crate::config::Secret;
+
+/// Spec default when a token reply has no `expires_in`.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A parsed `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Basic,
+}
+
+impl Challenge {
+    /// Parses `Bearer realm="...",service="...",scope="..."` or `Basic ...`.
+    pub fn parse(header: &str) -> Option<Challenge> {
+        let header = header.trim();
+        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(rest);
+        let get = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.clone())
+        };
+        Some(Challenge::Bearer {
+            realm: get("realm")?,
+            service: get("service"),
+            scope: get("scope"),
+        })
+    }
+}
+
+/// `key="value", key=value` pairs; quoted values may hold commas.
+fn parse_params(text: &str) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut rest = text.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_owned();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            (
+                quoted[..end].to_owned(),
+                quoted.get(end + 1..).unwrap_or(""),
+            )
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        params.push((key, value));
+        rest = remaining.trim_start().trim_start_matches(',');
+    }
+    params
+}
+
+/// A bearer token and when to stop using it.
+#[derive(Clone)]
+struct Token {
+    header: HeaderValue,
+    lifetime: Duration,
+}
+
+struct TokenLifetime;
+
+impl Expiry<String, Token> for TokenLifetime {
+    fn expire_after_create(&self, _: &String, token: &Token, _: Instant) -> Option<Duration> {
+        Some(token.lifetime)
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// What a 401 taught us about how this upstream authenticates.
+#[derive(Clone, Debug)]
+enum Scheme {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    Basic,
+}
+
+/// Authentication state of one upstream; shared by all its requests.
+pub struct Authenticator {
+    upstream: String,
+    credentials: Option<(String, Secret)>,
+    scheme: RwLock<Option<Scheme>>,
+    tokens: Cache<String, Token>,
+}
+
+impl Authenticator {
+    /// Anonymous when `credentials` is `None`.
+    pub fn new(upstream: &str, credentials: Option<(String, Secret)>) -> Self {
+        Authenticator {
+            upstream: upstream.to_owned(),
+            credentials,
+            scheme: RwLock::new(None),
+            tokens: Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(TokenLifetime)
+                .build(),
+        }
+    }
+
+    /// Remembers how the upstream asked to be authenticated.
+    pub fn learn(&self, challenge: &Challenge) {
+        let scheme = match challenge {
+            Challenge::Bearer { realm, service, .. } => Scheme::Bearer {
+                realm: realm.clone(),
+                service: service.clone(),
+            },
+            Challenge::Basic => Scheme::Basic,
+        };
+        *self.scheme.write().expect("auth lock") = Some(scheme);
+    }
+
+    /// The `Authorization` header for a request on `scope`, fetching a token
+    /// when needed; `None` before any challenge was seen.
+    pub async fn authorization(
+        &self,
+        client: &reqwest::Client,
+        scope: &str,
+        timeout: Duration,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        let scheme = self.scheme.read().expect("auth lock").clone();
+        match scheme {
+            None => Ok(None),
+            Some(Scheme::Basic) => Ok(self.basic_header()),
+            Some(Scheme::Bearer { realm, service }) => {
+                let key = token_key(&realm, service.as_deref(), scope);
+                let token = self
+                    .tokens
+                    .try_get_with(
+                        key,
+                        self.fetch_token(client, &realm, service.as_deref(), scope, timeout),
+                    )
+                    .await
+                    .map_err(|e: Arc<UpstreamError>| (*e).clone())?;
+                Ok(Some(token.header))
+            }
+        }
+    }
+
+    /// Forgets the token for `scope` after upstream refused it, so the next
+    /// request fetches a new one.
+    pub async fn forget(&self, scope: &str) {
+        let scheme = self.scheme.read().expect("auth lock").clone();
+        if let Some(Scheme::Bearer { realm, service }) = scheme {
+            self.tokens
+                .invalidate(&token_key(&realm, service.as_deref(), scope))
+                .await;
+        }
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        let (user, password) = self.credentials.as_ref()?;
+        let encoded = BASE64.encode(format!("{user}:{}", password.expose()));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
+    async fn fetch_token(
+        &self,
+        client: &reqwest::Client,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        timeout: Duration,
+    ) -> Result<Token, UpstreamError> {
+        let fail = |kind, detail: String| UpstreamError::new(&self.upstream, kind, detail);
+        let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let mut request = client.get(realm).query(&query).timeout(timeout);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password.expose()));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(&self.upstream, &e))?;
+        let status = response.status();
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            return Err(fail(
+                ErrorKind::Denied,
+                format!("token realm refused the credentials ({status})"),
+            ));
+        }
+        if !status.is_success() {
+            return Err(fail(
+                ErrorKind::Status(status.as_u16()),
+                format!("token realm answered {status}"),
+            ));
+        }
+        let reply: TokenReply = response
+            .json()
+            .await
+            .map_err(|e| fail(ErrorKind::Invalid, format!("token reply: {e}")))?;
+        let token = reply
+            .token
+            .or(reply.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| fail(ErrorKind::Invalid, "token reply has no token".into()))?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            fail(
+                ErrorKind::Invalid,
+                "token is not a valid header value".into(),
+            )
+        })?;
+        header.set_sensitive(true);
+        let lifetime = reply
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        // Stop using a token a little before upstream does.
+        let margin = (lifetime / 10).min(Duration::from_secs(10));
+        Ok(Token {
+            header,
+            lifetime: lifetime - margin,
+        })
+    }
+}
+
+fn token_key(realm: &str, service: Option<&str>, scope: &str) -> String {
+    format!("{realm}|{}|{scope}", service.unwrap_or(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_hub_challenge() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/alpine:pull".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn parses_quoted_commas_and_basic() {
+        let c = Challenge::parse(r#"Bearer realm="r", scope="repository:a:pull,push""#).unwrap();
+        let Challenge::Bearer { scope, service, .. } = c else {
+            panic!()
+        };
+        assert_eq!(scope.as_deref(), Some("repository:a:pull,push"));
+        assert_eq!(service, None);
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="registry""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Bearer service=\"x\""), None);
+        assert_eq!(Challenge::parse("Negotiate"), None);
+    }
+}
