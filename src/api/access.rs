@@ -63,7 +63,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         status = status.as_u16(),
         outcome,
         size,
-        ms = elapsed.as_secs_f64() * 1000.0,
+        ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
     );
     if let Some(kind) = kind {
         let kind = kind.as_str();

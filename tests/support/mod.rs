@@ -1,0 +1,47 @@
+//! Shared fixtures for the integration tests and benches.
+//!
+//! Included with `mod support;` from `tests/*.rs` or with
+//! `#[path = "../tests/support/mod.rs"] mod support;` from benches, so it only
+//! depends on crates from `Cargo.toml`; only `proxy` uses the `pullthrough` crate.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod hubsim;
+pub mod proxy;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// Deterministic pseudo-random bytes: the same `(len, seed)` always gives the
+/// same content, different seeds give different content (and so different
+/// digests). Uses SplitMix64 so the output never changes with a `rand` upgrade.
+pub fn random_bytes(len: usize, seed: u64) -> Bytes {
+    let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// The OCI digest of `bytes`, as `"sha256:<lowercase hex>"`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Polls `condition` every 10 ms for up to 5 s; panics if it never holds.
+pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
+}

@@ -1,0 +1,102 @@
+//! Runs pullthrough in-process on an ephemeral loopback port, in front of
+//! the Docker Hub simulator or any registry URL.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pullthrough::api::AppState;
+use pullthrough::config::{Config, DOCKER_HUB, UpstreamConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running pullthrough.
+pub struct Proxy {
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    pub state: AppState,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A configuration with `upstream_url` as docker.io and short timeouts.
+pub fn config(upstream_url: &str, data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = data_dir.to_owned();
+    config.upstreams.insert(DOCKER_HUB.to_owned(), UpstreamConfig::new(upstream_url));
+    config.timeouts.connect = Duration::from_secs(2);
+    config.timeouts.read = Duration::from_secs(5);
+    config.timeouts.request = Duration::from_secs(5);
+    config
+}
+
+impl Proxy {
+    /// Starts pullthrough with `config` (its `listen` is ignored).
+    pub async fn start(config: Config) -> Proxy {
+        config.validate().expect("valid test config");
+        let state = pullthrough::server::build_state(&config).expect("pullthrough starts");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let served = state.clone();
+        let task = tokio::spawn(async move {
+            pullthrough::server::run(listener, served, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Proxy { url, state, data_dir: config.data_dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Stops serving and waits until the listener is closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// A counter from pullthrough's own `/metrics`, summed over the series
+    /// whose labels contain every `label="value"` in `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.state.metrics.render();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Requests answered with `outcome` so far.
+    pub fn outcomes(&self, outcome: &str) -> u64 {
+        self.metric("pullthrough_requests_total", &[("outcome", outcome)]) as u64
+    }
+
+    /// Files under the disk tier's object directories (`blobs/`, `manifests/`).
+    pub fn cached_files(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                    .sum()
+            })
+        }
+        let root = self.data_dir.join("cache");
+        count(&root.join("blobs")) + count(&root.join("manifests"))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
