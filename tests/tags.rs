@@ -37,20 +37,42 @@ async fn within_the_ttl_a_tag_needs_no_upstream_and_after_it_only_a_free_head() 
 
     sim.reset_counters();
     for _ in 0..20 {
-        assert_eq!(client.manifest("busybox", "1").await.header("docker-content-digest"), image.manifest_digest);
+        assert_eq!(
+            client
+                .manifest("busybox", "1")
+                .await
+                .header("docker-content-digest"),
+            image.manifest_digest
+        );
     }
-    assert_eq!(sim.counters().total, 0, "within the TTL nothing goes upstream");
+    assert_eq!(
+        sim.counters().total,
+        0,
+        "within the TTL nothing goes upstream"
+    );
 
     after_ttl().await;
     let answer = client.manifest("busybox", "1").await;
-    assert_eq!(answer.header("docker-content-digest"), image.manifest_digest);
+    assert_eq!(
+        answer.header("docker-content-digest"),
+        image.manifest_digest
+    );
     let counters = sim.counters();
     assert_eq!(counters.manifest_heads, 1, "one HEAD revalidates the tag");
-    assert_eq!(counters.manifest_gets, 0, "revalidation spends no counted pull");
+    assert_eq!(
+        counters.manifest_gets, 0,
+        "revalidation spends no counted pull"
+    );
     assert_eq!(sim.rate_limit_remaining(key), remaining);
     assert_eq!(proxy.outcomes("revalidated"), 1);
-    let remaining_seen = proxy.metric("pullthrough_upstream_ratelimit_remaining", &[("upstream", "docker.io")]);
-    assert_eq!(remaining_seen as u32, remaining, "the rate-limit headers are read");
+    let remaining_seen = proxy.metric(
+        "pullthrough_upstream_ratelimit_remaining",
+        &[("upstream", "docker.io")],
+    );
+    assert_eq!(
+        remaining_seen as u32, remaining,
+        "the rate-limit headers are read"
+    );
 }
 
 #[tokio::test]
@@ -64,7 +86,13 @@ async fn a_tag_that_moved_is_fetched_once_after_the_ttl() {
 
     let new = sim.push_image("library/app", "latest", &[random_bytes(100, 2)]);
     assert_ne!(new.manifest_digest, old.manifest_digest);
-    assert_eq!(client.manifest("app", "latest").await.header("docker-content-digest"), old.manifest_digest);
+    assert_eq!(
+        client
+            .manifest("app", "latest")
+            .await
+            .header("docker-content-digest"),
+        old.manifest_digest
+    );
     after_ttl().await;
     sim.reset_counters();
     assert_eq!(client.pull("app", "latest").await, new.manifest_digest);
@@ -75,7 +103,12 @@ async fn a_tag_that_moved_is_fetched_once_after_the_ttl() {
 
 #[tokio::test]
 async fn upstream_failures_serve_the_cached_tag_stale() {
-    for fault in [Fault::InternalError, Fault::ServiceUnavailable, Fault::TooManyRequests, Fault::Slow(Duration::from_secs(3))] {
+    for fault in [
+        Fault::InternalError,
+        Fault::ServiceUnavailable,
+        Fault::TooManyRequests,
+        Fault::Slow(Duration::from_secs(3)),
+    ] {
         let sim = HubSim::start().await;
         let image = sim.push_image("library/web", "2", &[random_bytes(100, 1)]);
         let dir = tempfile::tempdir().unwrap();
@@ -131,12 +164,22 @@ async fn a_moved_tag_whose_new_manifest_breaks_mid_body_serves_the_previous_one(
 
     sim.clear_faults();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(client.manifest("svc", "v").await.header("docker-content-digest"), new.manifest_digest);
+    assert_eq!(
+        client
+            .manifest("svc", "v")
+            .await
+            .header("docker-content-digest"),
+        new.manifest_digest
+    );
 }
 
 #[tokio::test]
 async fn a_cold_tag_with_upstream_out_of_pulls_is_a_429_and_uses_the_limit_sparingly() {
-    let sim = HubSim::start_with(SimOptions { rate_limit: Some(1), ..SimOptions::default() }).await;
+    let sim = HubSim::start_with(SimOptions {
+        rate_limit: Some(1),
+        ..SimOptions::default()
+    })
+    .await;
     sim.push_image("library/a", "1", &[random_bytes(100, 1)]);
     sim.push_image("library/b", "1", &[random_bytes(100, 2)]);
     let dir = tempfile::tempdir().unwrap();
@@ -150,5 +193,8 @@ async fn a_cold_tag_with_upstream_out_of_pulls_is_a_429_and_uses_the_limit_spari
     for _ in 0..3 {
         client.pull("a", "1").await;
     }
-    assert_eq!(proxy.metric("pullthrough_upstream_ratelimit_remaining", &[]), 0.0);
+    assert_eq!(
+        proxy.metric("pullthrough_upstream_ratelimit_remaining", &[]),
+        0.0
+    );
 }

@@ -26,7 +26,10 @@ pub struct Answer {
 impl Answer {
     /// A header as text, or "" when absent.
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The OCI error code of an error answer.
@@ -55,7 +58,10 @@ impl Client {
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
-        Client { base: base.trim_end_matches('/').to_owned(), http }
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
     }
 
     fn dockerd_headers() -> HeaderMap {
@@ -67,35 +73,60 @@ impl Client {
     }
 
     /// Sends `method path` with extra headers, reading the whole body.
-    pub async fn send(&self, method: &str, path: &str, headers: HeaderMap) -> reqwest::Result<Answer> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: HeaderMap,
+    ) -> reqwest::Result<Answer> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let response = self.http.request(method, format!("{}{path}", self.base)).headers(headers).send().await?;
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .headers(headers)
+            .send()
+            .await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await?;
-        Ok(Answer { status, headers, body })
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// GET, panicking on transport errors.
     pub async fn get(&self, path: &str) -> Answer {
-        self.send("GET", path, HeaderMap::new()).await.expect("GET completes")
+        self.send("GET", path, HeaderMap::new())
+            .await
+            .expect("GET completes")
     }
 
     /// A manifest GET with dockerd's Accept lines.
     pub async fn manifest(&self, repo: &str, reference: &str) -> Answer {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        self.send("GET", &path, Self::dockerd_headers()).await.expect("GET completes")
+        self.send("GET", &path, Self::dockerd_headers())
+            .await
+            .expect("GET completes")
     }
 
     /// A manifest HEAD with dockerd's Accept lines.
     pub async fn manifest_head(&self, repo: &str, reference: &str) -> Answer {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        self.send("HEAD", &path, Self::dockerd_headers()).await.expect("HEAD completes")
+        self.send("HEAD", &path, Self::dockerd_headers())
+            .await
+            .expect("HEAD completes")
     }
 
     /// A blob GET; `Err` when the transfer broke.
     pub async fn blob(&self, repo: &str, digest: &str) -> reqwest::Result<Answer> {
-        self.send("GET", &format!("/v2/{repo}/blobs/{digest}"), HeaderMap::new()).await
+        self.send(
+            "GET",
+            &format!("/v2/{repo}/blobs/{digest}"),
+            HeaderMap::new(),
+        )
+        .await
     }
 
     /// Pulls an image the way a client does: manifest by tag, then every
@@ -103,16 +134,27 @@ impl Client {
     /// manifest's digest.
     pub async fn pull(&self, repo: &str, tag: &str) -> String {
         let manifest = self.manifest(repo, tag).await;
-        assert_eq!(manifest.status, 200, "manifest of {repo}:{tag}: {:?}", manifest.body);
+        assert_eq!(
+            manifest.status, 200,
+            "manifest of {repo}:{tag}: {:?}",
+            manifest.body
+        );
         let digest = manifest.header("docker-content-digest").to_owned();
-        assert_eq!(manifest.body_digest(), digest, "manifest bytes match their digest");
+        assert_eq!(
+            manifest.body_digest(),
+            digest,
+            "manifest bytes match their digest"
+        );
         let json: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
         let mut blobs = vec![json["config"]["digest"].as_str().unwrap().to_owned()];
         for layer in json["layers"].as_array().unwrap() {
             blobs.push(layer["digest"].as_str().unwrap().to_owned());
         }
         for blob in blobs {
-            let answer = self.blob(repo, &blob).await.expect("blob transfer completes");
+            let answer = self
+                .blob(repo, &blob)
+                .await
+                .expect("blob transfer completes");
             assert_eq!(answer.status, 200, "blob {blob}");
             assert_eq!(answer.body_digest(), blob, "blob bytes match their digest");
         }

@@ -7,7 +7,9 @@
 
 pub mod client;
 pub mod hubsim;
+pub mod image;
 pub mod proxy;
+pub mod registry;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};

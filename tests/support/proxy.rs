@@ -25,7 +25,9 @@ pub fn config(upstream_url: &str, data_dir: &Path) -> Config {
     let mut config = Config::default();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = data_dir.to_owned();
-    config.upstreams.insert(DOCKER_HUB.to_owned(), UpstreamConfig::new(upstream_url));
+    config
+        .upstreams
+        .insert(DOCKER_HUB.to_owned(), UpstreamConfig::new(upstream_url));
     config.timeouts.connect = Duration::from_secs(2);
     config.timeouts.read = Duration::from_secs(5);
     config.timeouts.request = Duration::from_secs(5);
@@ -48,7 +50,13 @@ impl Proxy {
             .await
             .unwrap();
         });
-        Proxy { url, state, data_dir: config.data_dir, shutdown: Some(tx), task: Some(task) }
+        Proxy {
+            url,
+            state,
+            data_dir: config.data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Stops serving and waits until the listener is closed.
@@ -68,7 +76,11 @@ impl Proxy {
         text.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -84,7 +96,13 @@ impl Proxy {
             std::fs::read_dir(dir).map_or(0, |entries| {
                 entries
                     .flatten()
-                    .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            count(&e.path())
+                        } else {
+                            1
+                        }
+                    })
                     .sum()
             })
         }
