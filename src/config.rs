@@ -17,6 +17,18 @@ use serde::Deserialize;
 /// The name of the upstream that plain `/v2/<name>` requests go to.
 pub const DOCKER_HUB: &str = "docker.io";
 
+/// The public registries configured out of the box, by the name clients
+/// use for them, with their API endpoints.
+pub const BUILT_IN_UPSTREAMS: [(&str, &str); 7] = [
+    (DOCKER_HUB, "https://registry-1.docker.io"),
+    ("ghcr.io", "https://ghcr.io"),
+    ("quay.io", "https://quay.io"),
+    ("registry.k8s.io", "https://registry.k8s.io"),
+    ("public.ecr.aws", "https://public.ecr.aws"),
+    ("gcr.io", "https://gcr.io"),
+    ("mcr.microsoft.com", "https://mcr.microsoft.com"),
+];
+
 /// The whole configuration of one pullthrough process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,11 +130,10 @@ impl fmt::Debug for Secret {
 
 impl Default for Config {
     fn default() -> Self {
-        let mut upstreams = BTreeMap::new();
-        upstreams.insert(
-            DOCKER_HUB.to_owned(),
-            UpstreamConfig::new("https://registry-1.docker.io"),
-        );
+        let upstreams = BUILT_IN_UPSTREAMS
+            .iter()
+            .map(|(name, url)| (name.to_string(), UpstreamConfig::new(url)))
+            .collect();
         Config {
             listen: "0.0.0.0:5000".parse().expect("valid address"),
             data_dir: PathBuf::from("pullthrough-data"),
@@ -381,6 +392,12 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:5000");
         assert_eq!(c.memory.max_bytes, ByteSize::mib(256));
         assert_eq!(c.upstreams[DOCKER_HUB].url, "https://registry-1.docker.io");
+        assert_eq!(c.upstreams.len(), 7);
+        assert!(
+            c.upstreams
+                .values()
+                .all(|u| u.enabled && u.url.starts_with("https://"))
+        );
     }
 
     #[test]
@@ -391,8 +408,13 @@ mod tests {
             [memory]
             max_bytes = "64MiB"
             [upstreams."ghcr.io"]
-            url = "https://ghcr.io"
+            url = "https://ghcr.example"
             tag_ttl = "1m"
+            [upstreams."quay.io"]
+            url = "https://quay.io"
+            enabled = false
+            [upstreams."registry.local:5000"]
+            url = "http://10.0.0.5:5000"
             "#,
         )
         .unwrap();
@@ -401,6 +423,16 @@ mod tests {
         assert_eq!(c.memory.max_bytes, ByteSize::mib(64));
         assert_eq!(c.tag_ttl_of("ghcr.io"), Duration::from_secs(60));
         assert_eq!(c.tag_ttl_of(DOCKER_HUB), Duration::from_secs(30));
+        assert_eq!(c.upstreams["ghcr.io"].url, "https://ghcr.example");
+        assert!(!c.upstreams["quay.io"].enabled);
+        assert!(
+            c.upstreams["gcr.io"].enabled,
+            "built-ins not named in the file stay"
+        );
+        assert_eq!(
+            c.upstreams["registry.local:5000"].url,
+            "http://10.0.0.5:5000"
+        );
     }
 
     #[test]

@@ -123,15 +123,14 @@ fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     })
 }
 
-/// Validates the name and picks the upstream (`?ns=` or the default).
+/// Validates the name and picks the upstream (`?ns=`, a path prefix, or the default).
 fn resolve(
     state: &AppState,
     query: Option<&str>,
     name: &str,
 ) -> Result<(std::sync::Arc<crate::upstream::Upstream>, RepoName), ApiError> {
     let repo = RepoName::parse(name)?;
-    let upstream = state.registry.upstream(query_param(query, "ns"))?;
-    Ok((upstream, repo))
+    Ok(state.registry.route(query_param(query, "ns"), &repo)?)
 }
 
 #[cfg(test)]

@@ -58,7 +58,6 @@ impl Registry {
                 outcome: Outcome::Hit(tier),
             });
         }
-        let repo = upstream.canonical(repo);
         if !want_body {
             if let Some(flight) = self.inner.blob_flights.get(&key) {
                 if let Ok(Some(size)) = flight.ready().await {
@@ -70,7 +69,7 @@ impl Registry {
                 }
             }
             let size = upstream
-                .head_blob(&repo, digest)
+                .head_blob(repo, digest)
                 .await
                 .map_err(upstream_error(digest))?;
             return Ok(BlobReply {
@@ -79,7 +78,7 @@ impl Registry {
                 outcome: Outcome::Miss,
             });
         }
-        let source = download(upstream.clone(), repo, digest.clone());
+        let source = download(upstream.clone(), repo.clone(), digest.clone());
         let (flight, joined) =
             self.inner
                 .blob_flights

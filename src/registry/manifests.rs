@@ -55,14 +55,13 @@ impl Registry {
         accept: &AcceptSet,
         want_body: bool,
     ) -> Result<ManifestReply, RegistryError> {
-        let repo = upstream.canonical(repo);
         match reference {
             Reference::Digest(digest) => {
-                self.manifest_by_digest(upstream, &repo, digest, want_body)
+                self.manifest_by_digest(upstream, repo, digest, want_body)
                     .await
             }
             Reference::Tag(tag) => {
-                self.manifest_by_tag(upstream, &repo, tag, accept, want_body)
+                self.manifest_by_tag(upstream, repo, tag, accept, want_body)
                     .await
             }
         }

@@ -150,19 +150,17 @@ impl Registry {
         })
     }
 
-    /// The upstream a request addresses: the one named by containerd's
-    /// `ns` parameter, else the default. Names outside the configuration
-    /// are refused, so no client can point pullthrough elsewhere.
-    pub fn upstream(&self, ns: Option<&str>) -> Result<Arc<Upstream>, RegistryError> {
-        match ns {
-            None => Ok(self.inner.upstreams.default_upstream().clone()),
-            Some(name) => self
-                .inner
-                .upstreams
-                .get(name)
-                .cloned()
-                .ok_or_else(|| RegistryError::UnknownUpstream(name.to_owned())),
-        }
+    /// The upstream a request addresses and the repository name as that
+    /// upstream knows it (see [`Upstreams::route`]).
+    pub fn route(
+        &self,
+        ns: Option<&str>,
+        name: &RepoName,
+    ) -> Result<(Arc<Upstream>, RepoName), RegistryError> {
+        self.inner
+            .upstreams
+            .route(ns, name)
+            .map_err(|e| RegistryError::UnknownUpstream(e.0))
     }
 
     /// Relays a tag list, with the client's `n` and `last`.
@@ -172,9 +170,8 @@ impl Registry {
         repo: &RepoName,
         query: Option<&str>,
     ) -> Result<Relayed, RegistryError> {
-        let repo = upstream.canonical(repo);
         upstream
-            .tags_list(&repo, query)
+            .tags_list(repo, query)
             .await
             .map_err(|e| match e.kind {
                 crate::upstream::ErrorKind::NotFound => {

@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 mod ratelimit;
+mod route;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use reqwest::{Response, Url};
 
 pub use auth::Challenge;
 pub use error::{ErrorKind, UpstreamError};
+pub use route::UnknownUpstream;
 
 use crate::config::Config;
 use crate::digest::Digest;
@@ -115,6 +117,27 @@ impl Upstreams {
     pub fn default_upstream(&self) -> &Arc<Upstream> {
         &self.default
     }
+
+    /// The upstream a request addresses (by `ns`, a path prefix, or the
+    /// default) and the repository name as that upstream knows it.
+    pub fn route(
+        &self,
+        ns: Option<&str>,
+        name: &RepoName,
+    ) -> Result<(Arc<Upstream>, RepoName), UnknownUpstream> {
+        let route = route::route(ns, name.as_str(), |n| self.by_name.contains_key(n))?;
+        let upstream = match route.upstream {
+            Some(n) => self.by_name[n].clone(),
+            None => self.default.clone(),
+        };
+        let repo = if route.repo.len() == name.as_str().len() {
+            name.clone()
+        } else {
+            RepoName::parse(route.repo).expect("a suffix of a valid name is valid")
+        };
+        let repo = upstream.canonical(&repo);
+        Ok((upstream, repo))
+    }
 }
 
 /// One upstream registry with its authentication state.
@@ -141,7 +164,7 @@ impl Upstream {
     }
 
     /// The repository as this upstream names it (Docker Hub's `library/` rule).
-    pub fn canonical(&self, repo: &RepoName) -> RepoName {
+    fn canonical(&self, repo: &RepoName) -> RepoName {
         if self.library_namespace {
             repo.with_library_namespace()
         } else {
