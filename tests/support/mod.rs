@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod daemons;
+pub mod docs;
 pub mod hubsim;
 pub mod image;
 pub mod proxy;

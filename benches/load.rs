@@ -1,0 +1,410 @@
+//! Load benchmark: how close a warm pullthrough comes to serving static
+//! files, and how many upstream fetches a burst of cold pulls costs.
+//!
+//! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
+//! each wrk run; default 5, which makes the whole bench about 1.5 minutes).
+//! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
+//! `docker-registry` (distribution 2.8) is optional and adds a column.
+//!
+//! Everything runs on loopback, on ephemeral ports, against the Docker Hub
+//! simulator from `tests/support` running inside this process:
+//!
+//! * **pullthrough** is the release binary as a subprocess, with its
+//!   default `info` access log (one line per request is part of the cost),
+//!   written to a file.
+//! * **nginx** serves the very same bytes as static files at the same URL
+//!   paths. It is the practical ceiling for answering these requests.
+//! * **distribution** (if installed) runs in proxy mode in front of the
+//!   same simulator: the mirror most people would otherwise deploy.
+//!
+//! Measured with wrk, one server after the other, same load and duration:
+//! warm manifest-by-tag GETs (with dockerd's Accept types) and warm 100 KiB
+//! blob GETs in requests/s, and a warm 200 MB blob in bytes/s. Then 8
+//! concurrent cold GETs of an uncached 100 MB blob count the upstream
+//! fetches (target: 1) and check every client's bytes.
+//!
+//! The figures that matter are the **ratios to nginx**, not the absolute
+//! numbers: wrk, the servers and the simulator share the same (often small,
+//! often busy) machine, so absolute throughput says more about the machine
+//! than about pullthrough, while the ratio to a known-good server on the
+//! same machine at the same moment is reasonably stable. Targets are
+//! printed and never enforced.
+
+#[path = "load/coalesce.rs"]
+mod coalesce;
+#[path = "load/http.rs"]
+mod http;
+#[path = "load/procs.rs"]
+mod procs;
+#[path = "load/report.rs"]
+mod report;
+#[path = "load/servers.rs"]
+mod servers;
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[path = "load/wrk.rs"]
+mod wrk;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use report::{Measured, Row};
+use servers::{Server, StaticFile};
+use support::hubsim::{DOCKER_MANIFEST_V2, HubSim};
+
+const REPO: &str = "library/bench";
+const TAG: &str = "latest";
+const SMALL_BLOB: usize = 100 * 1024;
+const LARGE_BLOB: usize = 200_000_000;
+const COLD_BLOB: usize = 100_000_000;
+const COLD_CLIENTS: usize = 8;
+/// Bound on any single fetch the bench itself makes.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The manifest types dockerd accepts, sent on one line (as containerd
+/// does; wrk cannot repeat a header). pullthrough keys its tag cache by
+/// this set, so warm-up and wrk send the same one.
+const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v1+prettyjws, \
+application/json";
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; `cargo test --benches` / `--all-targets`
+    // runs this in the unoptimised test profile without it, where a load
+    // test would take minutes and measure nothing useful.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load bench: skipped outside `cargo bench` (run: cargo bench --bench load)");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) if procs::check_interrupted().is_err() => {
+            eprintln!("load bench interrupted; servers stopped, temporary files removed");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("\nload bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The external programs the bench drives.
+struct Tools {
+    wrk: PathBuf,
+    nginx: PathBuf,
+    distribution: Option<PathBuf>,
+}
+
+/// Finds the tools, or says exactly which are missing and how to get them.
+fn find_tools() -> Result<Tools, String> {
+    let wrk = procs::find_program("wrk");
+    let nginx = procs::find_program("nginx");
+    let distribution = procs::find_program("docker-registry");
+    if distribution.is_none() {
+        println!(
+            "docker-registry (distribution 2.8) is not installed: the distribution column is \
+             skipped (Debian: apt-get install docker-registry)"
+        );
+    }
+    match (wrk, nginx) {
+        (Some(wrk), Some(nginx)) => Ok(Tools {
+            wrk,
+            nginx,
+            distribution,
+        }),
+        (wrk, nginx) => {
+            let missing: Vec<&str> = [
+                wrk.is_none().then_some("wrk (Debian package `wrk`)"),
+                nginx
+                    .is_none()
+                    .then_some("nginx (Debian package `nginx-light`)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            Err(format!(
+                "missing required program(s), looked for on PATH and in /usr/sbin, /sbin: {}",
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+/// Seconds per wrk run: `BENCH_SECONDS`, default 5.
+fn bench_seconds() -> Result<u64, String> {
+    match std::env::var("BENCH_SECONDS") {
+        Err(_) => Ok(5),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "BENCH_SECONDS must be a whole number of seconds >= 1, not {v:?}"
+            )),
+        },
+    }
+}
+
+/// What the simulator serves.
+struct Fixture {
+    manifest: Bytes,
+    manifest_digest: String,
+    small: (String, Bytes),
+    large: (String, Bytes),
+    /// Never fetched before the coalescing measurement: one per proxy.
+    cold_pullthrough: String,
+    cold_distribution: String,
+}
+
+impl Fixture {
+    fn manifest_path() -> String {
+        format!("/v2/{REPO}/manifests/{TAG}")
+    }
+
+    fn blob_path(digest: &str) -> String {
+        format!("/v2/{REPO}/blobs/{digest}")
+    }
+}
+
+/// Seeds `library/bench:latest` (a small config plus the 100 KiB and
+/// 200 MB layers) and the two cold 100 MB blobs.
+fn seed(sim: &HubSim) -> Fixture {
+    let small = support::random_bytes(SMALL_BLOB, 1);
+    let large = support::random_bytes(LARGE_BLOB, 2);
+    let image = sim.push_image(REPO, TAG, &[small.clone(), large.clone()]);
+    Fixture {
+        manifest: image.manifest,
+        manifest_digest: image.manifest_digest,
+        small: (image.layer_digests[0].clone(), small),
+        large: (image.layer_digests[1].clone(), large),
+        cold_pullthrough: sim.put_blob(support::random_bytes(COLD_BLOB, 3)),
+        cold_distribution: sim.put_blob(support::random_bytes(COLD_BLOB, 4)),
+    }
+}
+
+/// Fetches the manifest by tag and each blob once through `server`,
+/// checking the bytes; for distribution, also waits until it has stored
+/// the blobs itself (it does so in the background, after the answer).
+fn warm(rt: &tokio::runtime::Runtime, server: &Server, fx: &Fixture) -> Result<(), String> {
+    let client = http::client();
+    let base = &server.url;
+    rt.block_on(async {
+        let url = format!("{base}{}", Fixture::manifest_path());
+        http::get_checked(
+            &client,
+            &url,
+            Some(ACCEPT),
+            &fx.manifest_digest,
+            FETCH_TIMEOUT,
+        )
+        .await?;
+        for (digest, _) in [&fx.small, &fx.large] {
+            let url = format!("{base}{}", Fixture::blob_path(digest));
+            http::get_checked(&client, &url, None, digest, FETCH_TIMEOUT).await?;
+        }
+        Ok::<_, String>(())
+    })
+    .map_err(|e| format!("warming {}: {e}", server.name))?;
+    if server.name == "distribution" {
+        for (digest, _) in [&fx.small, &fx.large] {
+            wait_for_distribution(server, digest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until distribution has stored `digest` (see
+/// [`servers::distribution_has_blob`]).
+fn wait_for_distribution(server: &Server, digest: &str) -> Result<(), String> {
+    let deadline = Instant::now() + FETCH_TIMEOUT;
+    while !servers::distribution_has_blob(server, REPO, digest) {
+        procs::check_interrupted()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "distribution did not store {digest} within {FETCH_TIMEOUT:?}; its log:\n{}",
+                server.log_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One endpoint and how hard to load it.
+struct Scenario {
+    label: &'static str,
+    path: String,
+    load: wrk::Load,
+    bytes: bool,
+    target: f64,
+}
+
+fn scenarios(fx: &Fixture, seconds: u64) -> Vec<Scenario> {
+    let load = |connections, timeout, headers: &[&str]| wrk::Load {
+        threads: 2,
+        connections,
+        seconds,
+        timeout: Duration::from_secs(timeout),
+        headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+    };
+    let accept = format!("Accept: {ACCEPT}");
+    vec![
+        Scenario {
+            label: "manifest by tag",
+            path: Fixture::manifest_path(),
+            load: load(32, 5, &[&accept]),
+            bytes: false,
+            target: 0.50,
+        },
+        Scenario {
+            label: "100 KiB blob",
+            path: Fixture::blob_path(&fx.small.0),
+            load: load(32, 5, &[]),
+            bytes: false,
+            target: 0.50,
+        },
+        Scenario {
+            label: "200 MB blob",
+            path: Fixture::blob_path(&fx.large.0),
+            load: load(4, 60, &[]),
+            bytes: true,
+            target: 0.90,
+        },
+    ]
+}
+
+/// Runs wrk for `scenario` against `server` (after an unreported 1 s
+/// warm-up run), recording the upstream requests the simulator sees
+/// meanwhile, including stragglers the server still sends after wrk stopped
+/// (so they are not blamed on the next run).
+fn measure(tools: &Tools, sim: &HubSim, scenario: &Scenario, server: &Server) -> Measured {
+    let url = format!("{}{}", server.url, scenario.path);
+    let output = server
+        .dir()
+        .join(format!("wrk-{}.txt", scenario.label.replace(' ', "-")));
+    let warm_up = wrk::Load {
+        seconds: 1,
+        ..scenario.load.clone()
+    };
+    let _ = wrk::run(&tools.wrk, &url, &warm_up, &output);
+    settle(sim);
+    let seen = sim.requests().len();
+    let run = wrk::run(&tools.wrk, &url, &scenario.load, &output);
+    settle(sim);
+    let upstream: Vec<String> = sim.requests().into_iter().skip(seen).collect();
+    match &run {
+        Ok(r) => println!(
+            "  {:<16} {:<13} {:>10.0} r/s {:>9.1} MB/s",
+            scenario.label,
+            server.name,
+            r.requests_per_sec,
+            r.bytes_per_sec / 1e6
+        ),
+        Err(e) => println!("  {:<16} {:<13} failed: {e}", scenario.label, server.name),
+    }
+    Measured { run, upstream }
+}
+
+/// Waits (up to 5 s) until the simulator has seen no request for 250 ms.
+fn settle(sim: &HubSim) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = sim.counters().total;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = sim.counters().total;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+fn run() -> Result<(), String> {
+    let seconds = bench_seconds()?;
+    let tools = find_tools()?;
+    let binary = procs::pullthrough_binary()?;
+    // The simulator only does real work on cold misses: one worker thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    procs::handle_signals(&rt);
+    let sim = rt.block_on(HubSim::start());
+    let fx = seed(&sim);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "load bench: {seconds} s per run, {cores} cores shared by wrk, the servers and the simulator"
+    );
+    println!("pullthrough: {}", binary.display());
+
+    let pullthrough =
+        servers::with_retries(|| servers::start_pullthrough(&rt, &binary, &sim.registry_url))?;
+    warm(&rt, &pullthrough, &fx)?;
+    let files = [
+        StaticFile {
+            path: Fixture::manifest_path(),
+            bytes: &fx.manifest,
+        },
+        StaticFile {
+            path: Fixture::blob_path(&fx.small.0),
+            bytes: &fx.small.1,
+        },
+        StaticFile {
+            path: Fixture::blob_path(&fx.large.0),
+            bytes: &fx.large.1,
+        },
+    ];
+    let nginx = servers::with_retries(|| {
+        servers::start_nginx(&rt, &tools.nginx, &files, DOCKER_MANIFEST_V2)
+    })?;
+    warm(&rt, &nginx, &fx)?;
+    let distribution = tools.distribution.as_ref().and_then(|binary| {
+        let started =
+            servers::with_retries(|| servers::start_distribution(&rt, binary, &sim.registry_url))
+                .and_then(|server| warm(&rt, &server, &fx).map(|()| server));
+        started
+            .map_err(|e| println!("distribution skipped: {e}"))
+            .ok()
+    });
+
+    println!(
+        "\nwrk -t2, {seconds} s each after 1 s of warm-up (32 connections; 4 for the 200 MB blob):"
+    );
+    let mut rows = Vec::new();
+    for scenario in scenarios(&fx, seconds) {
+        let pullthrough = measure(&tools, &sim, &scenario, &pullthrough);
+        let nginx = measure(&tools, &sim, &scenario, &nginx);
+        let distribution = distribution
+            .as_ref()
+            .map(|server| measure(&tools, &sim, &scenario, server));
+        procs::check_interrupted()?;
+        rows.push(Row {
+            label: scenario.label,
+            bytes: scenario.bytes,
+            target: scenario.target,
+            pullthrough,
+            nginx,
+            distribution,
+        });
+    }
+    report::print(&rows);
+
+    println!(
+        "\ncoalescing: {COLD_CLIENTS} concurrent cold GETs of an uncached {} MB blob (target: 1 upstream fetch)",
+        COLD_BLOB / 1_000_000
+    );
+    let result = coalesce::run(&rt, &sim, &pullthrough, &fx.cold_pullthrough);
+    coalesce::print("pullthrough", &result);
+    procs::check_interrupted()?;
+    if let Some(server) = &distribution {
+        let result = coalesce::run(&rt, &sim, server, &fx.cold_distribution);
+        coalesce::print("distribution", &result);
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The bench's own HTTP client: warm-up fetches and the coalescing clients,
+//! hashing bodies as they stream in.
+
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+/// A client for loopback servers: no proxy from the environment, no
+/// connection reuse (every coalescing client has its own connection).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("reqwest client")
+}
+
+/// GETs `url` (with `accept`, if any) and checks that the answer is a 200
+/// whose body hashes to `digest`. Returns the body's length.
+pub async fn get_checked(
+    client: &reqwest::Client,
+    url: &str,
+    accept: Option<&str>,
+    digest: &str,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let fetch = async {
+        let mut request = client.get(url);
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status();
+        if status != 200 {
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
+            return Err(format!("GET {url}: {status}: {body}"));
+        }
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("GET {url}: body: {e}"))?
+        {
+            len += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if got != digest {
+            return Err(format!(
+                "GET {url}: {len} bytes hashing to {got}, expected {digest}"
+            ));
+        }
+        Ok(len)
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("GET {url}: no complete answer within {timeout:?}"))?
+}

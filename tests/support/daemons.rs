@@ -1,0 +1,291 @@
+//! The real clients from Debian's packages, started by hand for a test:
+//! dockerd (with its own containerd), containerd for `ctr`, and the
+//! daemonless podman and skopeo. Each gets private directories and sockets
+//! and is stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::registry::require;
+
+/// Runs a command off the test's runtime (which also serves the proxy).
+pub async fn run(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output().expect("command starts"))
+        .await
+        .unwrap()
+}
+
+/// Runs a command and panics with its stderr unless it succeeds.
+pub async fn run_ok(command: Command) -> String {
+    let description = format!("{command:?}");
+    let output = run(command).await;
+    assert!(
+        output.status.success(),
+        "{description} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A daemon process, stopped with SIGTERM (then SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(mut command: Command, log: &Path) -> Daemon {
+    let log = std::fs::File::create(log).unwrap();
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    Daemon {
+        child: command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?}: {e}")),
+    }
+}
+
+/// Waits until `check` passes, or panics with the daemon's log.
+async fn wait_ready(what: &str, log: &Path, mut check: impl FnMut() -> Command) {
+    for _ in 0..200 {
+        if run(check()).await.status.success() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{what} did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// dockerd from Debian's `docker.io`, as on an ECS container instance.
+pub struct Dockerd {
+    pub socket: PathBuf,
+    // Stopped before its directory is removed.
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    /// Starts dockerd with `daemon_json` as its configuration file, vfs
+    /// storage and no bridge or iptables, on a private socket.
+    pub async fn start(daemon_json: &str) -> Dockerd {
+        require("dockerd");
+        require("curl");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("daemon.json"), daemon_json).unwrap();
+        let socket = d.join("docker.sock");
+        let mut command = Command::new("dockerd");
+        command
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("x"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+            ]);
+        let log = d.join("dockerd.log");
+        let daemon = spawn(command, &log);
+        let ping = socket.clone();
+        wait_ready("dockerd", &log, || {
+            let mut c = Command::new("curl");
+            c.args(["-sf", "--unix-socket"])
+                .arg(&ping)
+                .arg("http://localhost/_ping");
+            c
+        })
+        .await;
+        Dockerd {
+            socket,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+
+    /// Calls the Engine API, as the ECS agent does.
+    pub async fn api(&self, method: &str, path: &str) -> String {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-sS",
+            "--fail-with-body",
+            "--max-time",
+            "120",
+            "--unix-socket",
+        ])
+        .arg(&self.socket)
+        .args(["-X", method])
+        .arg(format!("http://localhost{path}"));
+        run_ok(curl).await
+    }
+
+    /// `POST /images/create?fromImage=…&tag=…`; panics if the pull reports an error.
+    pub async fn pull(&self, image: &str, tag: &str) {
+        let progress = self
+            .api(
+                "POST",
+                &format!("/images/create?fromImage={image}&tag={tag}"),
+            )
+            .await;
+        assert!(
+            !progress.contains("\"error"),
+            "pull {image}:{tag}: {progress}"
+        );
+    }
+
+    /// The image's `RepoDigests`, from `GET /images/<ref>/json`.
+    pub async fn repo_digests(&self, reference: &str) -> Vec<String> {
+        let json: serde_json::Value =
+            serde_json::from_str(&self.api("GET", &format!("/images/{reference}/json")).await)
+                .unwrap();
+        json["RepoDigests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// containerd from Debian's package, for `ctr`.
+pub struct Containerd {
+    pub socket: PathBuf,
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// Starts containerd with private root, state and socket, and no CRI.
+    pub async fn start() -> Containerd {
+        require("containerd");
+        require("ctr");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+            d.join("root").display(),
+            d.join("state").display(),
+            socket.display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let mut command = Command::new("containerd");
+        command.arg("--config").arg(d.join("config.toml"));
+        let log = d.join("containerd.log");
+        let daemon = spawn(command, &log);
+        let address = socket.clone();
+        wait_ready("containerd", &log, || {
+            let mut c = Command::new("ctr");
+            c.arg("--address").arg(&address).arg("version");
+            c
+        })
+        .await;
+        Containerd {
+            socket,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+
+    /// `ctr images pull --hosts-dir DIR REF`, unpacked with the native snapshotter.
+    pub async fn pull(&self, hosts_dir: &Path, reference: &str) {
+        let mut ctr = Command::new("ctr");
+        ctr.arg("--address").arg(&self.socket).args([
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+        ]);
+        ctr.arg(hosts_dir).arg(reference);
+        run_ok(ctr).await;
+    }
+
+    /// The digest containerd recorded for `reference`.
+    pub async fn digest(&self, reference: &str) -> String {
+        let mut ctr = Command::new("ctr");
+        ctr.arg("--address")
+            .arg(&self.socket)
+            .args(["images", "ls"]);
+        let listing = run_ok(ctr).await;
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(reference));
+        let line = line.unwrap_or_else(|| panic!("{reference} not in {listing}"));
+        line.split_whitespace().nth(2).unwrap().to_owned()
+    }
+}
+
+/// podman with private storage and the given `registries.conf`.
+pub struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    /// A podman whose registries.conf is `registries_conf`.
+    pub fn new(registries_conf: &str) -> Podman {
+        require("podman");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("registries.conf"), registries_conf).unwrap();
+        Podman { dir }
+    }
+
+    fn command(&self) -> Command {
+        let d = self.dir.path();
+        let mut podman = Command::new("podman");
+        podman.env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"));
+        podman
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"));
+        podman.args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ]);
+        podman
+    }
+
+    /// `podman pull REF`; returns the image's manifest digest.
+    pub async fn pull(&self, reference: &str) -> String {
+        let mut pull = self.command();
+        pull.args(["pull", "-q", reference]);
+        run_ok(pull).await;
+        let mut inspect = self.command();
+        inspect.args(["image", "inspect", "--format", "{{.Digest}}", reference]);
+        run_ok(inspect).await.trim().to_owned()
+    }
+}
