@@ -2,12 +2,11 @@
 //! progress.
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::range::{self, ByteRange};
 use super::{ApiError, AppState, resolve};
-use crate::cache::Content;
 use crate::digest::Digest;
 use crate::registry::{BlobBody, BlobReply};
 
@@ -45,10 +44,14 @@ fn blob_response(reply: BlobReply, digest: &Digest, range_header: Option<&str>) 
     };
     let body = match reply.body {
         BlobBody::None => Body::empty(),
-        BlobBody::Cached(Content::Memory(bytes)) if status == StatusCode::OK => Body::from(bytes),
-        BlobBody::Cached(content) => {
-            Body::from_stream(content.stream(start, end, reply.size.unwrap_or(0)))
-        }
+        BlobBody::Cached(content) => match content.slice(start, end, reply.size.unwrap_or(0)) {
+            Ok(bytes) => Body::from(bytes),
+            Err(e) => {
+                let message = format!("cannot read the cached blob: {e}");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
+                    .into_response();
+            }
+        },
         BlobBody::Download(flight) => Body::from_stream(flight.stream(start, end)),
     };
     let mut response = Response::new(body);

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use super::read::{ByteStream, Extent, stream_range};
+use super::read::{ByteStream, stream_growing};
 use super::{CacheError, ObjectKey, TieredCache, Verified};
 use crate::digest::{DigestMismatch, Hasher};
 use crate::metrics::Metrics;
@@ -119,7 +119,7 @@ impl Flight {
         let state = self.progress.borrow().clone();
         match state {
             Progress::Streaming { file, .. } | Progress::Done { file, .. } => {
-                stream_range(file, start, end, Extent::Growing(self.progress.clone()))
+                stream_growing(file, start, end, self.progress.clone())
             }
             Progress::Failed(e) => failed_stream(e.to_string()),
             Progress::Connecting => failed_stream("download has not started".into()),

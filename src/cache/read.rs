@@ -31,21 +31,37 @@ pub fn read_all(file: &File, size: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// How much of a file may be read.
-pub(super) enum Extent {
-    /// The file is complete at this size.
-    Complete(u64),
-    /// A download is still writing it.
-    Growing(watch::Receiver<Progress>),
+/// Maps a complete cached file, so its bytes go from the page cache to the
+/// socket with no copy into buffers of ours.
+pub fn map_file(file: &File, size: u64) -> io::Result<Bytes> {
+    if size == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: cached files are immutable. They are written under a temporary
+    // name, fsynced, linked into place and never written or truncated again;
+    // removing one only unlinks it, which leaves an existing mapping intact.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .len(usize::try_from(size).map_err(io::Error::other)?)
+            .map(file)?
+    };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Bytes::from_owner(map))
 }
 
-/// Streams bytes `start..end` of `file` (`end` is clamped to the file's
-/// final size; `u64::MAX` reads to the end).
-pub(super) fn stream_range(file: Arc<File>, start: u64, end: u64, extent: Extent) -> ByteStream {
+/// Streams bytes `start..end` of a file a download is still writing, as
+/// `progress` allows (`end` is clamped to the final size; `u64::MAX` reads
+/// to the end).
+pub(super) fn stream_growing(
+    file: Arc<File>,
+    start: u64,
+    end: u64,
+    progress: watch::Receiver<Progress>,
+) -> ByteStream {
     let (tx, rx) = mpsc::channel(QUEUE);
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = pump(&file, start, end, extent, &tx, &runtime) {
+        if let Err(e) = pump(&file, start, end, progress, &tx, &runtime) {
             let _ = tx.blocking_send(Err(e));
         }
     });
@@ -54,44 +70,26 @@ pub(super) fn stream_range(file: Arc<File>, start: u64, end: u64, extent: Extent
     }))
 }
 
-/// Reads and sends until `end`, waiting for a download where needed. Returns
-/// `Ok` also when the client went away.
+/// Reads and sends until `end`, waiting for the download where needed.
+/// Returns `Ok` also when the client went away.
 fn pump(
     file: &File,
     mut pos: u64,
     mut end: u64,
-    mut extent: Extent,
+    mut progress: watch::Receiver<Progress>,
     tx: &mpsc::Sender<io::Result<Bytes>>,
     runtime: &tokio::runtime::Handle,
 ) -> io::Result<()> {
     loop {
-        let readable = match &mut extent {
-            Extent::Complete(size) => {
-                end = end.min(*size);
-                end
-            }
-            Extent::Growing(progress) => {
-                let state = progress.borrow_and_update().clone();
-                match state.readable() {
-                    Ok((readable, Some(size))) => {
-                        end = end.min(size);
-                        readable
-                    }
-                    Ok((readable, None)) => readable,
-                    Err(message) => return Err(io::Error::other(message)),
-                }
-            }
-        };
+        let state = progress.borrow_and_update().clone();
+        let (readable, size) = state.readable().map_err(io::Error::other)?;
+        if let Some(size) = size {
+            end = end.min(size);
+        }
         if pos >= end {
             return Ok(());
         }
         if pos >= readable {
-            let Extent::Growing(progress) = &mut extent else {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "cached file is shorter than recorded",
-                ));
-            };
             if runtime.block_on(progress.changed()).is_err() {
                 return Err(io::Error::other("the download was abandoned"));
             }
@@ -110,43 +108,15 @@ fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
     use std::io::Write;
 
-    async fn collect(mut s: ByteStream) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(chunk) = s.next().await {
-            out.extend_from_slice(&chunk?);
-        }
-        Ok(out)
-    }
-
-    #[tokio::test]
-    async fn streams_ranges_of_complete_files() {
+    #[test]
+    fn maps_whole_files() {
         let mut f = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         f.write_all(&data).unwrap();
-        let f = Arc::new(f);
-        let all = collect(stream_range(
-            f.clone(),
-            0,
-            u64::MAX,
-            Extent::Complete(3_000_000),
-        ))
-        .await;
-        assert_eq!(all.unwrap(), data);
-        let part = collect(stream_range(
-            f.clone(),
-            10,
-            2_000_000,
-            Extent::Complete(3_000_000),
-        ))
-        .await;
-        assert_eq!(part.unwrap(), &data[10..2_000_000]);
-        let short = collect(stream_range(f, 0, u64::MAX, Extent::Complete(4_000_000))).await;
-        assert!(
-            short.is_err(),
-            "a file shorter than recorded must fail the body"
-        );
+        assert_eq!(map_file(&f, 3_000_000).unwrap(), data);
+        assert_eq!(read_all(&f, 3_000_000).unwrap(), data);
+        assert_eq!(map_file(&f, 0).unwrap().len(), 0);
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::read::{ByteStream, Extent, read_all, stream_range};
+use bytes::Bytes;
+
+use super::read::{map_file, read_all};
 use super::{CacheError, Content, DiskTier, MemoryTier, Object, ObjectKey, Tier, Verified};
 
 /// The cache as the rest of pullthrough sees it; cheap to clone.
@@ -102,15 +104,15 @@ impl TieredCache {
 }
 
 impl Content {
-    /// Streams bytes `start..end` of a cached object of `size` bytes.
-    pub fn stream(&self, start: u64, end: u64, size: u64) -> ByteStream {
-        match self {
-            Content::Memory(bytes) => {
-                let end = end.min(bytes.len() as u64) as usize;
-                let slice = bytes.slice((start as usize).min(end)..end);
-                Box::pin(futures_util::stream::once(async move { Ok(slice) }))
-            }
-            Content::File(file) => stream_range(file.clone(), start, end, Extent::Complete(size)),
-        }
+    /// Bytes `start..end` of a cached object of `size` bytes (`end` is
+    /// clamped to `size`). Files are mapped, not read, so this is cheap for
+    /// any size.
+    pub fn slice(&self, start: u64, end: u64, size: u64) -> std::io::Result<Bytes> {
+        let bytes = match self {
+            Content::Memory(bytes) => bytes.clone(),
+            Content::File(file) => map_file(file, size)?,
+        };
+        let end = end.min(bytes.len() as u64) as usize;
+        Ok(bytes.slice((start as usize).min(end)..end))
     }
 }
