@@ -2,9 +2,11 @@
 //! the API on a listener until shutdown.
 
 use std::future::Future;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, router};
 use crate::cache::{CacheError, DiskTier, MemoryTier, TieredCache};
@@ -57,8 +59,12 @@ pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
         })
 }
 
+/// How long requests in flight may run on after shutdown was asked for; a
+/// client streaming a large blob slowly must not hold a restart hostage.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Serves the API on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
+/// requests in flight finish for up to [`DRAIN`].
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -67,7 +73,19 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let stopping = CancellationToken::new();
+    let trigger = stopping.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let serve = axum::serve(listener, router(state))
+        .with_graceful_shutdown(stopping.clone().cancelled_owned());
+    tokio::select! {
+        served = serve => served,
+        () = async { stopping.cancelled().await; tokio::time::sleep(DRAIN).await } => {
+            tracing::warn!("requests still running {DRAIN:?} after shutdown were cut off");
+            Ok(())
+        }
+    }
 }

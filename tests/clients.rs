@@ -323,8 +323,15 @@ async fn dockerd_pulls_through_registry_mirrors_and_path_prefixes_via_the_engine
 fn the_readme_shows_the_tested_snippets() {
     let m = support::docs::PLACEHOLDER;
     let daemon_json = heredoc(&snippet(GUIDE, "ecs-user-data", m), "JSON");
-    assert_eq!(snippet("README.md", "daemon-json", m).trim_end(), daemon_json);
+    assert_eq!(
+        snippet("README.md", "daemon-json", m).trim_end(),
+        daemon_json
+    );
     for name in ["containerd-hosts", "registries-conf"] {
-        assert_eq!(snippet("README.md", name, m), snippet(GUIDE, name, m), "{name}");
+        assert_eq!(
+            snippet("README.md", name, m),
+            snippet(GUIDE, name, m),
+            "{name}"
+        );
     }
 }

@@ -16,7 +16,8 @@ async fn two_upstreams() -> (HubSim, HubSim, Proxy, tempfile::TempDir) {
     let ghcr = HubSim::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&hub.registry_url, dir.path());
-    cfg.upstreams.insert("ghcr.io".into(), UpstreamConfig::new(&ghcr.registry_url));
+    cfg.upstreams
+        .insert("ghcr.io".into(), UpstreamConfig::new(&ghcr.registry_url));
     cfg.upstreams.get_mut("quay.io").unwrap().enabled = false;
     let proxy = Proxy::start(cfg).await;
     (hub, ghcr, proxy, dir)
@@ -32,15 +33,42 @@ async fn one_name_on_two_upstreams_never_collides_and_blobs_are_shared() {
     let client = Client::new(&proxy.url);
 
     assert_eq!(client.pull("org/app", "1").await, on_hub.manifest_digest);
-    assert_eq!(client.pull("ghcr.io/org/app", "1").await, on_ghcr.manifest_digest);
-    let by_ns = client.send("GET", "/v2/org/app/manifests/1?ns=ghcr.io", Default::default()).await.unwrap();
-    assert_eq!(by_ns.header("docker-content-digest"), on_ghcr.manifest_digest);
-    let by_ns = client.send("GET", "/v2/org/app/manifests/1?ns=docker.io", Default::default()).await.unwrap();
-    assert_eq!(by_ns.header("docker-content-digest"), on_hub.manifest_digest);
+    assert_eq!(
+        client.pull("ghcr.io/org/app", "1").await,
+        on_ghcr.manifest_digest
+    );
+    let by_ns = client
+        .send(
+            "GET",
+            "/v2/org/app/manifests/1?ns=ghcr.io",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        by_ns.header("docker-content-digest"),
+        on_ghcr.manifest_digest
+    );
+    let by_ns = client
+        .send(
+            "GET",
+            "/v2/org/app/manifests/1?ns=docker.io",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        by_ns.header("docker-content-digest"),
+        on_hub.manifest_digest
+    );
 
     let layer = on_hub.layer_digests[0].clone();
     assert_eq!(on_ghcr.layer_digests[0], layer);
-    let fetched_from_ghcr: Vec<String> = ghcr.requests().into_iter().filter(|r| r.starts_with("cdn GET")).collect();
+    let fetched_from_ghcr: Vec<String> = ghcr
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("cdn GET"))
+        .collect();
     assert!(
         fetched_from_ghcr.iter().all(|r| !r.contains(&layer)),
         "the shared layer came from the first upstream only: {fetched_from_ghcr:?}"
@@ -59,7 +87,11 @@ async fn unconfigured_or_disabled_registries_are_refused_without_a_connection() 
         "/v2/org/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000?ns=127.0.0.1",
     ] {
         let answer = client.send("GET", path, Default::default()).await.unwrap();
-        assert_eq!((answer.status, answer.error_code().as_str()), (404, "NAME_UNKNOWN"), "{path}");
+        assert_eq!(
+            (answer.status, answer.error_code().as_str()),
+            (404, "NAME_UNKNOWN"),
+            "{path}"
+        );
     }
     assert_eq!(hub.counters().total + ghcr.counters().total, 0);
 }
@@ -69,16 +101,31 @@ async fn schema1_and_unknown_media_types_pass_through_untouched() {
     let (hub, _ghcr, proxy, _dir) = two_upstreams().await;
     let client = Client::new(&proxy.url);
     let cases = [
-        ("application/vnd.docker.distribution.manifest.v1+prettyjws", "old", "{\n   \"schemaVersion\": 1,\n   \"name\": \"library/legacy\",\n   \"tag\": \"old\",\n   \"fsLayers\": [],\n   \"signatures\": []\n}"),
-        ("application/vnd.example.custom+json", "odd", "{\"hello\":\"world\"}"),
-        ("application/vnd.oci.artifact.manifest.v1+json", "artifact", "{\"mediaType\":\"application/vnd.oci.artifact.manifest.v1+json\",\"artifactType\":\"x\"}"),
+        (
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "old",
+            "{\n   \"schemaVersion\": 1,\n   \"name\": \"library/legacy\",\n   \"tag\": \"old\",\n   \"fsLayers\": [],\n   \"signatures\": []\n}",
+        ),
+        (
+            "application/vnd.example.custom+json",
+            "odd",
+            "{\"hello\":\"world\"}",
+        ),
+        (
+            "application/vnd.oci.artifact.manifest.v1+json",
+            "artifact",
+            "{\"mediaType\":\"application/vnd.oci.artifact.manifest.v1+json\",\"artifactType\":\"x\"}",
+        ),
     ];
     for (media_type, tag, body) in cases {
         let body = Bytes::from_static(body.as_bytes());
         let digest = hub.put_manifest("library/legacy", Some(tag), media_type, body.clone());
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("accept", "*/*".parse().unwrap());
-        for path in [format!("/v2/legacy/manifests/{tag}"), format!("/v2/legacy/manifests/{digest}")] {
+        for path in [
+            format!("/v2/legacy/manifests/{tag}"),
+            format!("/v2/legacy/manifests/{digest}"),
+        ] {
             let answer = client.send("GET", &path, headers.clone()).await.unwrap();
             assert_eq!(answer.status, 200, "{media_type}");
             assert_eq!(answer.body, body, "{media_type}: byte-exact");

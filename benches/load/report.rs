@@ -171,7 +171,7 @@ fn summarise(requests: &[String]) -> String {
             None => counts.push((kind.to_owned(), 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     let shown: Vec<String> = counts
         .iter()
         .take(3)

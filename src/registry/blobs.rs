@@ -59,14 +59,14 @@ impl Registry {
             });
         }
         if !want_body {
-            if let Some(flight) = self.inner.blob_flights.get(&key) {
-                if let Ok(Some(size)) = flight.ready().await {
-                    return Ok(BlobReply {
-                        size: Some(size),
-                        body: BlobBody::None,
-                        outcome: Outcome::Coalesced,
-                    });
-                }
+            if let Some(flight) = self.inner.blob_flights.get(&key)
+                && let Ok(Some(size)) = flight.ready().await
+            {
+                return Ok(BlobReply {
+                    size: Some(size),
+                    body: BlobBody::None,
+                    outcome: Outcome::Coalesced,
+                });
             }
             let size = upstream
                 .head_blob(repo, digest)

@@ -382,10 +382,10 @@ impl Upstream {
             if bounded {
                 request = request.timeout(self.request_timeout);
             }
-            if !accept.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(accept) {
-                    request = request.header(header::ACCEPT, v);
-                }
+            if !accept.is_empty()
+                && let Ok(v) = HeaderValue::from_str(accept)
+            {
+                request = request.header(header::ACCEPT, v);
             }
             if let Some(auth) = self
                 .auth

@@ -22,9 +22,11 @@ pub struct Proxy {
 
 /// A configuration with `upstream_url` as docker.io and short timeouts.
 pub fn config(upstream_url: &str, data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = data_dir.to_owned();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
     config
         .upstreams
         .insert(DOCKER_HUB.to_owned(), UpstreamConfig::new(upstream_url));

@@ -70,10 +70,9 @@ impl DockerRegistry {
                 .get(format!("{}/v2/", registry.url))
                 .send()
                 .await
+                && r.status().is_success()
             {
-                if r.status().is_success() {
-                    return registry;
-                }
+                return registry;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
