@@ -49,6 +49,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub memory: MemoryConfig,
     pub timeouts: TimeoutConfig,
+    /// The shared S3 tier; off unless a bucket is named.
+    pub s3: S3Config,
     /// Upstream registries by name, merged over the built-in ones.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
 }
@@ -61,6 +63,36 @@ pub struct MemoryConfig {
     pub max_bytes: ByteSize,
     /// Objects larger than this are served from disk only.
     pub max_object_bytes: ByteSize,
+}
+
+/// The shared tier: one bucket for every replica. Credentials come from the
+/// standard AWS chain (environment, profile, ECS task role, IMDS), never
+/// from this file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// The bucket; empty turns the tier off.
+    pub bucket: String,
+    /// Key prefix for every object, such as `pullthrough/`.
+    pub prefix: String,
+    /// AWS region; else from `AWS_REGION` and the usual chain.
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (MinIO and others), addressed path-style.
+    pub endpoint: Option<String>,
+    /// Bound on each S3 operation other than streaming a body.
+    #[serde(default = "s3_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn s3_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl S3Config {
+    /// Whether the shared tier is configured.
+    pub fn enabled(&self) -> bool {
+        !self.bucket.is_empty()
+    }
 }
 
 /// Bounds on every upstream exchange.
@@ -143,6 +175,10 @@ impl Default for Config {
             log_format: LogFormat::Text,
             memory: MemoryConfig::default(),
             timeouts: TimeoutConfig::default(),
+            s3: S3Config {
+                timeout: s3_timeout(),
+                ..S3Config::default()
+            },
             upstreams,
         }
     }
@@ -192,6 +228,10 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
 }
 
 /// Why the configuration cannot be used; always names the field.
@@ -276,6 +316,18 @@ impl Config {
         if let Some(v) = o.read_timeout {
             self.timeouts.read = v;
         }
+        if let Some(v) = o.s3_bucket {
+            self.s3.bucket = v;
+        }
+        if let Some(v) = o.s3_prefix {
+            self.s3.prefix = v;
+        }
+        if o.s3_endpoint.is_some() {
+            self.s3.endpoint = o.s3_endpoint;
+        }
+        if o.s3_region.is_some() {
+            self.s3.region = o.s3_region;
+        }
         for (name, url) in o.upstreams {
             let entry = self
                 .upstreams
@@ -319,6 +371,20 @@ impl Config {
         ] {
             if value.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.s3.enabled() {
+            if !(3..=63).contains(&self.s3.bucket.len()) {
+                return Err(invalid("s3.bucket", "must be 3 to 63 characters"));
+            }
+            if let Some(endpoint) = &self.s3.endpoint {
+                match reqwest::Url::parse(endpoint) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                    _ => return Err(invalid("s3.endpoint", "must be an http:// or https:// URL")),
+                }
+            }
+            if self.s3.timeout.is_zero() {
+                return Err(invalid("s3.timeout", "must be greater than zero"));
             }
         }
         for (name, upstream) in &self.upstreams {

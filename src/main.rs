@@ -60,6 +60,18 @@ struct ServeArgs {
     /// Upstream read timeout: longest silence within a response [default: 30s].
     #[arg(long, env = "PULLTHROUGH_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     read_timeout: Option<Duration>,
+    /// S3 bucket of the shared tier, which every replica uses [default: none, tier off].
+    #[arg(long, env = "PULLTHROUGH_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// Key prefix inside the bucket, such as `pullthrough/`.
+    #[arg(long, env = "PULLTHROUGH_S3_PREFIX")]
+    s3_prefix: Option<String>,
+    /// S3-compatible endpoint (MinIO and others), used path-style.
+    #[arg(long, env = "PULLTHROUGH_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// AWS region of the bucket [default: from AWS_REGION].
+    #[arg(long, env = "PULLTHROUGH_S3_REGION")]
+    s3_region: Option<String>,
 }
 
 impl ServeArgs {
@@ -73,6 +85,10 @@ impl ServeArgs {
             log_format: self.log_format,
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
+            s3_bucket: self.s3_bucket,
+            s3_prefix: self.s3_prefix,
+            s3_endpoint: self.s3_endpoint,
+            s3_region: self.s3_region,
         };
         Config::load(self.config.as_deref(), overrides, |k| std::env::var(k).ok())
     }
@@ -111,7 +127,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve_until_signal(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let state = server::build_state(&config)?;
+    let state = server::build_state(&config).await?;
     let listener = server::bind(&config).await?;
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -31,6 +31,8 @@ pub struct Collectors {
     pub ratelimit_remaining: IntGaugeVec,
     /// The last `ratelimit-limit` an upstream announced.
     pub ratelimit_limit: IntGaugeVec,
+    /// 1 while the shared S3 tier is failing and being skipped.
+    pub s3_degraded: prometheus::IntGauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -110,6 +112,14 @@ impl Metrics {
             "The upstream's pull limit per window, from its ratelimit-limit header.",
             &["upstream"],
         );
+        let s3_degraded = prometheus::IntGauge::new(
+            "pullthrough_s3_degraded",
+            "1 while the shared S3 tier is failing and skipped; 0 when healthy or not configured.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(s3_degraded.clone()))
+            .expect("metric registered once");
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -119,6 +129,7 @@ impl Metrics {
             digest_mismatches,
             ratelimit_remaining,
             ratelimit_limit,
+            s3_degraded,
         }))
     }
 

@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, router};
-use crate::cache::{CacheError, DiskTier, MemoryTier, TieredCache};
+use std::sync::Arc;
+
+use crate::cache::{CacheError, DiskTier, MemoryTier, S3StartError, S3Tier, TieredCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -20,6 +22,8 @@ use crate::upstream::{UpstreamError, Upstreams};
 pub enum StartError {
     #[error("cache: {0}")]
     Cache(#[from] CacheError),
+    #[error("shared tier: {0}")]
+    S3(#[from] S3StartError),
     #[error("upstreams: {0}")]
     Upstream(#[from] UpstreamError),
     #[error("cannot listen on {addr}: {source}")]
@@ -29,15 +33,21 @@ pub enum StartError {
     },
 }
 
-/// Opens the cache tiers and upstream clients that `config` describes.
-pub fn build_state(config: &Config) -> Result<AppState, StartError> {
+/// Opens the cache tiers and upstream clients that `config` describes,
+/// checking the S3 bucket's credentials when the shared tier is on.
+pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let metrics = Metrics::new();
+    let shared = match config.s3.enabled() {
+        true => Some(Arc::new(S3Tier::connect(&config.s3, &metrics).await?)),
+        false => None,
+    };
     let memory = MemoryTier::new(
         config.memory.max_bytes.as_u64(),
         config.memory.max_object_bytes.as_u64(),
     );
     let disk = DiskTier::open(&config.data_dir.join("cache"))?;
-    let cache = TieredCache::new(memory, disk, Vec::new());
+    let cache = TieredCache::new(memory, disk, shared);
+    cache.spawn_catch_up();
     let upstreams = Upstreams::from_config(config, &metrics)?;
     let registry = Registry::new(
         upstreams,

@@ -40,7 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(dispatch_base))
         .route("/v2/{*rest}", any(dispatch))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,
@@ -53,6 +53,21 @@ async fn metrics(State(state): State<AppState>) -> Response {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Liveness and the shared tier's state. Degraded still answers 200: the
+/// replica serves from its local tiers and upstream, and must stay in the
+/// load balancer.
+async fn health(State(state): State<AppState>) -> Response {
+    let s3 = state.registry.shared_tier_state();
+    let status = if s3 == "degraded" { "degraded" } else { "ok" };
+    let body = serde_json::json!({ "status": status, "s3": s3 }).to_string();
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }

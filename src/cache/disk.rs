@@ -159,6 +159,8 @@ impl DiskTier {
                     .map_err(io_error("syncing a download"))?;
                 link(&temp.path, &target)?;
             }
+            // Already in this tier: it was read from here.
+            Payload::Cached(_) => return Ok(()),
         }
         File::open(dir)
             .and_then(|d| d.sync_all())

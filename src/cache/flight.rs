@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -38,6 +39,9 @@ pub struct Source {
     /// The final size, when the source announced it.
     pub size: Option<u64>,
     pub body: Box<dyn Stream<Item = Result<Bytes, SourceError>> + Send + Unpin>,
+    /// True when the bytes come from the shared tier, which then needs no
+    /// copy of its own.
+    pub shared: bool,
 }
 
 /// Why a download did not produce a cached object.
@@ -94,6 +98,7 @@ impl Progress {
 /// One download in progress, shared by every client waiting for it.
 pub struct Flight {
     progress: watch::Receiver<Progress>,
+    from_shared: AtomicBool,
 }
 
 impl Flight {
@@ -111,6 +116,12 @@ impl Flight {
             Progress::Failed(e) => Err(e),
             Progress::Connecting => unreachable!("waited past Connecting"),
         }
+    }
+
+    /// Whether the bytes come from the shared tier rather than upstream;
+    /// known once [`Flight::ready`] succeeded.
+    pub fn from_shared(&self) -> bool {
+        self.from_shared.load(Ordering::Acquire)
     }
 
     /// Streams bytes `start..end` (clamped to the final size) as they arrive.
@@ -185,7 +196,11 @@ impl Flights {
             return (flight.clone(), true);
         }
         let (tx, rx) = watch::channel(Progress::Connecting);
-        let flight = Arc::new(Flight { progress: rx });
+        let flight = Arc::new(Flight {
+            progress: rx,
+            from_shared: AtomicBool::new(false),
+        });
+        let this = flight.clone();
         running.insert(key.clone(), flight.clone());
         let unregister = Unregister {
             running: self.running.clone(),
@@ -195,8 +210,8 @@ impl Flights {
         tokio::spawn(async move {
             let _unregister = unregister;
             let tx = Arc::new(tx);
-            match transfer(&key, &cache, source, &tx).await {
-                Ok(verified) => {
+            match transfer(&key, &cache, source, &tx, &this).await {
+                Ok((verified, shared)) => {
                     let Progress::Streaming { file, .. } = tx.borrow().clone() else {
                         unreachable!("a finished transfer was streaming")
                     };
@@ -204,7 +219,12 @@ impl Flights {
                         file,
                         size: verified.meta().size,
                     });
-                    if let Err(e) = cache.store(&verified).await {
+                    let stored = if shared {
+                        cache.store_local(&verified).await
+                    } else {
+                        cache.store(&verified).await
+                    };
+                    if let Err(e) = stored {
                         tracing::error!(digest = %key.digest, error = %e, "could not cache a verified download");
                     }
                 }
@@ -228,11 +248,14 @@ async fn transfer<S>(
     cache: &TieredCache,
     source: S,
     tx: &Arc<watch::Sender<Progress>>,
-) -> Result<Verified, FlightError>
+    flight: &Flight,
+) -> Result<(Verified, bool), FlightError>
 where
     S: Future<Output = Result<Source, SourceError>>,
 {
     let source = source.await.map_err(FlightError::Source)?;
+    flight.from_shared.store(source.shared, Ordering::Release);
+    let shared = source.shared;
     let cache_error = |e: CacheError| FlightError::Cache(Arc::new(e));
     let temp = cache.disk().create_temp().map_err(cache_error)?;
     let file = temp.file().clone();
@@ -296,5 +319,7 @@ where
     if let Some(e) = failure {
         return Err(FlightError::Source(e));
     }
-    Verified::file(key.clone(), hasher.finish(), written, temp).map_err(FlightError::Mismatch)
+    let verified = Verified::file(key.clone(), hasher.finish(), written, temp)
+        .map_err(FlightError::Mismatch)?;
+    Ok((verified, shared))
 }

@@ -64,8 +64,12 @@ impl Tier for MemoryTier {
         }
         let bytes = match object.payload() {
             Payload::Bytes(bytes) => bytes.clone(),
-            Payload::File(temp) => {
-                let file = temp.file().clone();
+            Payload::File(_) | Payload::Cached(_) => {
+                let file = match object.payload() {
+                    Payload::File(temp) => temp.file().clone(),
+                    Payload::Cached(file) => file.clone(),
+                    Payload::Bytes(_) => unreachable!("matched above"),
+                };
                 let size = object.meta().size;
                 tokio::task::spawn_blocking(move || super::read::read_all(&file, size))
                     .await

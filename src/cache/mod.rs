@@ -10,6 +10,7 @@ mod disk;
 mod flight;
 mod memory;
 mod read;
+mod s3;
 mod tiered;
 
 use std::fs::File;
@@ -22,6 +23,7 @@ pub use disk::{DiskTier, TempFile};
 pub use flight::{Flight, FlightError, Flights, Source, SourceError};
 pub use memory::MemoryTier;
 pub use read::{ByteStream, read_all};
+pub use s3::{S3StartError, S3Tier};
 pub use tiered::TieredCache;
 
 use crate::digest::{Digest, DigestMismatch};
@@ -87,6 +89,8 @@ pub enum Payload {
     Bytes(Bytes),
     /// A finished download in the disk tier's temporary directory.
     File(Arc<TempFile>),
+    /// A file already in the disk tier, copied to another tier.
+    Cached(Arc<File>),
 }
 
 /// An object whose bytes were checked against its digest; the only thing a
@@ -147,6 +151,15 @@ impl Verified {
             key,
             meta,
             payload: Payload::Bytes(bytes),
+        }
+    }
+
+    /// An object already in a tier, on its way to another.
+    fn from_tier_file(key: ObjectKey, meta: ObjectMeta, file: Arc<File>) -> Self {
+        Verified {
+            key,
+            meta,
+            payload: Payload::Cached(file),
         }
     }
 

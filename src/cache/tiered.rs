@@ -7,29 +7,41 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::read::{map_file, read_all};
-use super::{CacheError, Content, DiskTier, MemoryTier, Object, ObjectKey, Tier, Verified};
+use super::{CacheError, Content, DiskTier, MemoryTier, Object, ObjectKey, S3Tier, Tier, Verified};
+
+/// How often uploads missed during an S3 outage are retried.
+const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The cache as the rest of pullthrough sees it; cheap to clone.
 #[derive(Clone)]
 pub struct TieredCache {
     memory: Arc<MemoryTier>,
     disk: Arc<DiskTier>,
+    shared: Option<Arc<S3Tier>>,
     /// Every tier in lookup order, `memory` and `disk` included.
     tiers: Arc<[Arc<dyn Tier>]>,
 }
 
 impl TieredCache {
-    /// Memory over disk; further tiers, slowest last, go below them.
-    pub fn new(memory: MemoryTier, disk: DiskTier, lower: Vec<Arc<dyn Tier>>) -> Self {
+    /// Memory over disk, over the shared tier when there is one.
+    pub fn new(memory: MemoryTier, disk: DiskTier, shared: Option<Arc<S3Tier>>) -> Self {
         let memory = Arc::new(memory);
         let disk = Arc::new(disk);
         let mut tiers: Vec<Arc<dyn Tier>> = vec![memory.clone(), disk.clone()];
-        tiers.extend(lower);
+        if let Some(shared) = &shared {
+            tiers.push(shared.clone());
+        }
         TieredCache {
             memory,
             disk,
+            shared,
             tiers: tiers.into(),
         }
+    }
+
+    /// The shared tier, if configured: blobs stream from it through flights.
+    pub fn shared(&self) -> Option<&Arc<S3Tier>> {
+        self.shared.as_ref()
     }
 
     /// The memory tier, for the synchronous hot path.
@@ -92,8 +104,43 @@ impl TieredCache {
     /// Stores a verified object in every tier. One tier failing does not
     /// stop the others; the first failure is returned.
     pub async fn store(&self, object: &Verified) -> Result<(), CacheError> {
+        self.store_in(&self.tiers, object).await
+    }
+
+    /// Stores an object that came from the shared tier in the local ones.
+    pub async fn store_local(&self, object: &Verified) -> Result<(), CacheError> {
+        self.store_in(&self.tiers[..2], object).await
+    }
+
+    /// Uploads what the shared tier missed while it was down, from the disk
+    /// tier, every few seconds for as long as the process runs.
+    pub fn spawn_catch_up(&self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let disk = self.disk.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CATCH_UP_EVERY).await;
+                for key in shared.take_pending() {
+                    let Ok(Some(object)) = disk.lookup(&key).await else {
+                        continue;
+                    };
+                    let verified = match object.content {
+                        Content::File(file) => Verified::from_tier_file(key, object.meta, file),
+                        Content::Memory(bytes) => Verified::from_tier(key, object.meta, bytes),
+                    };
+                    if shared.store(&verified).await.is_ok() {
+                        tracing::info!(digest = %verified.key().digest, "caught up an upload to S3");
+                    }
+                }
+            }
+        });
+    }
+
+    async fn store_in(&self, tiers: &[Arc<dyn Tier>], object: &Verified) -> Result<(), CacheError> {
         let mut first_error = None;
-        for tier in self.tiers.iter() {
+        for tier in tiers {
             if let Err(e) = tier.store(object).await {
                 tracing::warn!(tier = tier.name(), error = %e, "could not store an object");
                 first_error.get_or_insert(e);

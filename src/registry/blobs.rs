@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 
 use super::{Outcome, Registry, RegistryError};
-use crate::cache::{Content, Flight, FlightError, ObjectKey, Source, SourceError};
+use crate::cache::{Content, Flight, FlightError, ObjectKey, S3Tier, Source, SourceError};
 use crate::digest::Digest;
 use crate::reference::RepoName;
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
@@ -78,34 +78,52 @@ impl Registry {
                 outcome: Outcome::Miss,
             });
         }
-        let source = download(upstream.clone(), repo.clone(), digest.clone());
+        let source = download(
+            self.inner.cache.shared().cloned(),
+            upstream.clone(),
+            repo.clone(),
+            key.clone(),
+        );
         let (flight, joined) =
             self.inner
                 .blob_flights
                 .join_or_start(key, self.inner.cache.clone(), source);
         let size = flight.ready().await.map_err(|e| flight_error(e, digest))?;
+        let outcome = if flight.from_shared() {
+            Outcome::Hit("s3")
+        } else {
+            Outcome::fetched(joined)
+        };
         Ok(BlobReply {
             size,
             body: BlobBody::Download(flight),
-            outcome: Outcome::fetched(joined),
+            outcome,
         })
     }
 }
 
-/// The upstream fetch a blob flight runs.
+/// The fetch a blob flight runs: from the shared tier when it has the
+/// blob (another replica fetched it), else from upstream.
 async fn download(
+    shared: Option<Arc<S3Tier>>,
     upstream: Arc<Upstream>,
     repo: RepoName,
-    digest: Digest,
+    key: ObjectKey,
 ) -> Result<Source, SourceError> {
+    if let Some(s3) = &shared {
+        if let Some(source) = s3.open(&key).await {
+            return Ok(source);
+        }
+    }
     let blob = upstream
-        .get_blob(&repo, &digest)
+        .get_blob(&repo, &key.digest)
         .await
         .map_err(|e| Arc::new(e) as SourceError)?;
     let body = blob.body.map_err(|e| Arc::new(e) as SourceError);
     Ok(Source {
         size: blob.size,
         body: Box::new(body),
+        shared: false,
     })
 }
 

@@ -113,7 +113,7 @@ impl Registry {
         let (verified, joined) = self.fetch_manifest(upstream, repo, key).await?;
         let body = match verified.payload() {
             crate::cache::Payload::Bytes(bytes) => bytes.clone(),
-            crate::cache::Payload::File(_) => unreachable!("manifests are fetched whole"),
+            _ => unreachable!("manifests are fetched whole"),
         };
         Ok(ManifestReply {
             digest: digest.clone(),
@@ -170,11 +170,17 @@ impl Registry {
             tag: tag.as_str().to_owned(),
             accept: accept.as_str().to_owned(),
         };
-        let known = self.inner.tags.get(&key).await;
-        let (record, checked) = match known {
-            Some(r) if r.is_fresh(now_ms(), upstream.tag_ttl(), self.inner.stale_retry) => {
-                (r, None)
+        let ttl = upstream.tag_ttl();
+        let fresh = |r: &TagRecord| r.is_fresh(now_ms(), ttl, self.inner.stale_retry);
+        let mut known = self.inner.tags.get(&key).await;
+        if !known.as_ref().is_some_and(fresh) {
+            // Another replica may have revalidated the tag since.
+            if let Some(newer) = self.inner.tags.newer_shared(&key, known.as_ref()).await {
+                known = Some(newer);
             }
+        }
+        let (record, checked) = match known {
+            Some(r) if fresh(&r) => (r, None),
             known => {
                 let check = self
                     .check_tag(upstream, repo, tag, accept, key, known)

@@ -19,7 +19,7 @@ pub use accept::{ALL_MANIFEST_TYPES, AcceptSet};
 pub use blobs::{BlobBody, BlobReply};
 pub use coalesce::{Abandoned, SingleFlight};
 pub use manifests::ManifestReply;
-pub use tags::{TagKey, TagRecord, TagStore};
+pub use tags::{TagKey, TagRecord, TagStore, now_ms};
 
 use crate::cache::{CacheError, Flights, TieredCache, Verified};
 use crate::digest::DigestMismatch;
@@ -52,6 +52,7 @@ impl Outcome {
         match self {
             Outcome::Hit("memory") => "hit-memory",
             Outcome::Hit("disk") => "hit-disk",
+            Outcome::Hit("s3") => "hit-s3",
             Outcome::Hit(_) => "hit-shared",
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
@@ -130,11 +131,14 @@ impl Registry {
         stale_retry: Duration,
         metrics: Metrics,
     ) -> Result<Self, CacheError> {
-        let tags = TagStore::open(&data_dir.join("tags")).map_err(|source| CacheError::Io {
-            tier: "disk",
-            context: "opening the tag records".into(),
-            source,
-        })?;
+        let tags =
+            TagStore::open(&data_dir.join("tags"), cache.shared().cloned()).map_err(|source| {
+                CacheError::Io {
+                    tier: "disk",
+                    context: "opening the tag records".into(),
+                    source,
+                }
+            })?;
         let inner = Inner {
             upstreams,
             cache,
@@ -179,6 +183,15 @@ impl Registry {
                 }
                 _ => RegistryError::Upstream(e),
             })
+    }
+
+    /// `off`, `ok` or `degraded`: the shared tier as health checks report it.
+    pub fn shared_tier_state(&self) -> &'static str {
+        match self.inner.cache.shared() {
+            None => "off",
+            Some(s3) if s3.is_degraded() => "degraded",
+            Some(_) => "ok",
+        }
     }
 
     fn mismatch(&self, upstream: &Upstream, e: DigestMismatch) -> RegistryError {

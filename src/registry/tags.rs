@@ -9,9 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::S3Tier;
 use crate::digest::Digest;
 
 /// Tag records kept in memory; the disk holds every one.
@@ -78,20 +81,36 @@ impl TagRecord {
     }
 }
 
-/// Tag records in memory over disk; cheap to share behind an `Arc`.
+/// Tag records in memory over disk, over the shared tier when there is
+/// one, where every replica sees the others' revalidations.
 pub struct TagStore {
     memory: Cache<TagKey, TagRecord>,
     dir: PathBuf,
+    shared: Option<Arc<S3Tier>>,
 }
 
 impl TagStore {
-    /// Opens the store under `dir`, creating it.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// Opens the store under `dir`, creating it, over `shared` if given.
+    pub fn open(dir: &Path, shared: Option<Arc<S3Tier>>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(TagStore {
             memory: Cache::new(MEMORY_RECORDS),
             dir: dir.to_owned(),
+            shared,
         })
+    }
+
+    /// The record another replica left in the shared tier, if it is newer
+    /// than `known`; it is kept locally too.
+    pub async fn newer_shared(&self, key: &TagKey, known: Option<&TagRecord>) -> Option<TagRecord> {
+        let shared = self.shared.as_ref()?;
+        let (bytes, _) = shared.get_small(&shared.tag_key(&key.file_name())).await?;
+        let record: TagRecord = serde_json::from_slice(&bytes).ok()?;
+        let newer = known.is_none_or(|k| record.validated_at_ms > k.validated_at_ms);
+        if newer {
+            self.memory.insert(key.clone(), record.clone());
+        }
+        newer.then_some(record)
     }
 
     /// The record for `key` from memory, else from disk.
@@ -100,17 +119,42 @@ impl TagStore {
             return Some(record);
         }
         let path = self.dir.join(key.file_name());
-        let text = tokio::fs::read(&path).await.ok()?;
-        let record: TagRecord = serde_json::from_slice(&text).ok()?;
-        self.memory.insert(key.clone(), record.clone());
-        Some(record)
+        match tokio::fs::read(&path)
+            .await
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok())
+        {
+            Some(record) => {
+                self.memory.insert(key.clone(), record);
+                self.memory.get(key)
+            }
+            None => self.newer_shared(key, None).await,
+        }
     }
 
-    /// Saves `record` in memory now and on disk in the background.
+    /// Saves `record` in memory now, and on disk and in the shared tier in
+    /// the background. Replicas racing on one tag each write a record they
+    /// just validated, so whichever lands last is as good as the other: a
+    /// lost race costs at most one extra revalidation.
     pub fn put(&self, key: &TagKey, record: TagRecord) {
         self.memory.insert(key.clone(), record.clone());
         let dir = self.dir.clone();
         let name = key.file_name();
+        if let Some(shared) = self.shared.clone() {
+            let (name, record) = (name.clone(), record.clone());
+            tokio::spawn(async move {
+                if let Ok(json) = serde_json::to_vec(&record) {
+                    shared
+                        .put_small(
+                            &shared.tag_key(&name),
+                            json.into(),
+                            Some("application/json"),
+                            false,
+                        )
+                        .await;
+                }
+            });
+        }
         tokio::task::spawn_blocking(move || {
             if let Err(e) = write_record(&dir, &name, &record) {
                 tracing::warn!(error = %e, "could not save a tag record");
@@ -165,7 +209,7 @@ mod tests {
             tag: "t".into(),
             accept: "".into(),
         };
-        let store = TagStore::open(dir.path()).unwrap();
+        let store = TagStore::open(dir.path(), None).unwrap();
         store.put(&key, record(5, None));
         // The disk write runs in the background; wait for it.
         for _ in 0..100 {
@@ -174,9 +218,12 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let reopened = TagStore::open(dir.path()).unwrap();
+        let reopened = TagStore::open(dir.path(), None).unwrap();
         assert_eq!(reopened.get(&key).await, Some(record(5, None)));
         reopened.remove(&key);
-        assert_eq!(TagStore::open(dir.path()).unwrap().get(&key).await, None);
+        assert_eq!(
+            TagStore::open(dir.path(), None).unwrap().get(&key).await,
+            None
+        );
     }
 }

@@ -10,8 +10,10 @@ pub mod daemons;
 pub mod docs;
 pub mod hubsim;
 pub mod image;
+pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod s3;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -48,4 +50,16 @@ pub async fn wait_until(mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("condition not met within 5 s");
+}
+
+/// Polls an async `condition` every 50 ms for up to 20 s; panics if it
+/// never holds.
+pub async fn wait_until_async(mut condition: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 20 s");
 }

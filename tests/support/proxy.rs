@@ -40,7 +40,9 @@ impl Proxy {
     /// Starts pullthrough with `config` (its `listen` is ignored).
     pub async fn start(config: Config) -> Proxy {
         config.validate().expect("valid test config");
-        let state = pullthrough::server::build_state(&config).expect("pullthrough starts");
+        let state = pullthrough::server::build_state(&config)
+            .await
+            .expect("pullthrough starts");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

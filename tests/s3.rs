@@ -1,0 +1,226 @@
+//! The shared S3 tier against a real S3 API (s3s-fs): replicas with
+//! separate disks act as one cache, share tag state, survive an S3 outage,
+//! and refuse to start with wrong credentials.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::client::Client;
+use support::hubsim::HubSim;
+use support::process::{Replica, run_to_end, serve_command};
+use support::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+use support::{random_bytes, wait_until_async};
+
+const BUCKET: &str = "pullthrough-cache";
+const PREFIX: &str = "cluster-a/";
+
+fn aws_env(secret: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", REGION),
+    ]
+}
+
+/// A replica on the shared bucket, with its own data directory.
+async fn replica(sim: &HubSim, s3: &S3Server, data: &Path, tag_ttl: &str) -> Replica {
+    let flags = [
+        "--s3-bucket",
+        BUCKET,
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--s3-prefix",
+        PREFIX,
+        "--tag-ttl",
+        tag_ttl,
+    ];
+    Replica::start(&sim.registry_url, data, &flags, &aws_env(SECRET_KEY)).await
+}
+
+struct Cluster {
+    sim: HubSim,
+    s3: S3Server,
+    a: Replica,
+    b: Replica,
+    _dir: tempfile::TempDir,
+}
+
+async fn cluster(tag_ttl: &str) -> Cluster {
+    let sim = HubSim::start().await;
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&sim, &s3, &dir.path().join("a"), tag_ttl).await;
+    let b = replica(&sim, &s3, &dir.path().join("b"), tag_ttl).await;
+    Cluster {
+        sim,
+        s3,
+        a,
+        b,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    async fn blob_keys(&self) -> Vec<String> {
+        self.s3.keys(BUCKET, &format!("{PREFIX}blobs/")).await
+    }
+}
+
+#[tokio::test]
+async fn a_pull_through_one_replica_serves_the_other_with_no_upstream_request() {
+    let c = cluster("5m").await;
+    // 20 MB goes up in multipart; the small ones in one PUT.
+    let image = c.sim.push_image(
+        "library/shared",
+        "1",
+        &[random_bytes(20_000_000, 1), random_bytes(5_000, 2)],
+    );
+    assert_eq!(
+        Client::new(&c.a.url).pull("shared", "1").await,
+        image.manifest_digest
+    );
+    wait_until_async(async || c.blob_keys().await.len() == 3).await;
+
+    c.sim.reset_counters();
+    assert_eq!(
+        Client::new(&c.b.url).pull("shared", "1").await,
+        image.manifest_digest
+    );
+    assert_eq!(
+        c.sim.counters().total,
+        0,
+        "B found everything in the bucket"
+    );
+    assert!(
+        c.b.metric("pullthrough_requests_total", &[("outcome", "hit-s3")])
+            .await
+            >= 3.0
+    );
+    for key in c.blob_keys().await {
+        let bytes = c.s3.get(BUCKET, &key).await;
+        let hex = key.rsplit('/').next().unwrap();
+        assert_eq!(
+            support::sha256_digest(&bytes),
+            format!("sha256:{hex}"),
+            "{key} holds verified bytes"
+        );
+    }
+    assert_eq!(c.a.health().await.unwrap()["s3"], "ok");
+}
+
+#[tokio::test]
+async fn simultaneous_cold_pulls_through_two_replicas_store_one_object_per_digest() {
+    let c = cluster("5m").await;
+    let image = c.sim.push_image(
+        "library/race",
+        "1",
+        &[random_bytes(12_000_000, 3), random_bytes(1_000, 4)],
+    );
+    let (a, b) = (Client::new(&c.a.url), Client::new(&c.b.url));
+    let (from_a, from_b) = tokio::join!(a.pull("race", "1"), b.pull("race", "1"));
+    assert_eq!(
+        (from_a, from_b),
+        (image.manifest_digest.clone(), image.manifest_digest.clone())
+    );
+    wait_until_async(async || c.blob_keys().await.len() == 3).await;
+    let mut keys = c.blob_keys().await;
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "one object per digest: {keys:?}");
+    let manifests = c.s3.keys(BUCKET, &format!("{PREFIX}manifests/")).await;
+    assert_eq!(manifests.len(), 1);
+}
+
+#[tokio::test]
+async fn replicas_revalidate_a_tag_once_per_ttl_between_them() {
+    let c = cluster("1s").await;
+    c.sim
+        .push_image("library/ttl", "1", &[random_bytes(100, 5)]);
+    let (a, b) = (Client::new(&c.a.url), Client::new(&c.b.url));
+    a.pull("ttl", "1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.pull("ttl", "1").await;
+    assert_eq!(
+        c.sim.counters().manifest_heads - c.sim.counters().unauthorized.min(1),
+        1,
+        "B took A's answer"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.sim.reset_counters();
+    a.manifest("ttl", "1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.manifest("ttl", "1").await;
+    let counters = c.sim.counters();
+    assert_eq!(
+        counters.manifest_heads, 1,
+        "one revalidation for both replicas"
+    );
+    assert_eq!(counters.manifest_gets, 0);
+}
+
+#[tokio::test]
+async fn pulls_keep_working_while_s3_is_down_and_the_bucket_catches_up() {
+    let mut c = cluster("5m").await;
+    let before = c
+        .sim
+        .push_image("library/before", "1", &[random_bytes(1_000, 6)]);
+    let during = c
+        .sim
+        .push_image("library/during", "1", &[random_bytes(2_000, 7)]);
+    let (a, b) = (Client::new(&c.a.url), Client::new(&c.b.url));
+    a.pull("before", "1").await;
+    wait_until_async(async || c.blob_keys().await.len() == 2).await;
+
+    c.s3.stop();
+    assert_eq!(
+        a.pull("during", "1").await,
+        during.manifest_digest,
+        "a cold pull goes upstream"
+    );
+    assert_eq!(
+        a.pull("before", "1").await,
+        before.manifest_digest,
+        "a warm pull is local"
+    );
+    assert_eq!(
+        b.pull("before", "1").await,
+        before.manifest_digest,
+        "B falls back to upstream"
+    );
+    assert_eq!(c.a.health().await.unwrap()["status"], "degraded");
+    assert_eq!(c.a.metric("pullthrough_s3_degraded", &[]).await, 1.0);
+
+    c.s3.resume().await;
+    // The blobs A fetched during the outage reach the bucket without help.
+    wait_until_async(async || c.blob_keys().await.len() == 4).await;
+    assert_eq!(c.a.health().await.unwrap()["status"], "ok");
+}
+
+#[tokio::test]
+async fn wrong_s3_credentials_stop_start_up_with_a_clear_error() {
+    let sim = HubSim::start().await;
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--s3-bucket", BUCKET, "--s3-endpoint", &s3.endpoint];
+    let (command, _) = serve_command(
+        &sim.registry_url,
+        dir.path(),
+        &flags,
+        &aws_env("not-the-secret"),
+    );
+    let output = run_to_end(command, Duration::from_secs(30)).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(BUCKET) && stderr.contains("credentials"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-secret"),
+        "the secret is never printed"
+    );
+}

@@ -1,0 +1,113 @@
+//! pullthrough as a separate process, started with command-line flags and
+//! environment like a deployment would: for tests where several replicas
+//! run side by side or where the process's own start-up is under test.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::registry::free_port;
+
+/// A running `pullthrough serve`; killed when dropped.
+pub struct Replica {
+    pub url: String,
+    child: Child,
+}
+
+/// The command line of `pullthrough serve` on a free port.
+pub fn serve_command(
+    upstream_url: &str,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Command, u16) {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pullthrough"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .arg("--upstream")
+        .arg(format!("docker.io={upstream_url}"))
+        .args(extra)
+        .env("PULLTHROUGH_LOG", "warn")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied());
+    (command, port)
+}
+
+impl Replica {
+    /// Starts a replica and waits until it answers `/healthz`.
+    pub async fn start(
+        upstream_url: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
+        let (mut command, port) = serve_command(upstream_url, data_dir, extra, env);
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        command.stdout(log.try_clone().unwrap()).stderr(log);
+        let child = command.spawn().expect("pullthrough starts");
+        let replica = Replica {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        for _ in 0..200 {
+            if replica.health().await.is_some() {
+                return replica;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "pullthrough did not come up: {}",
+            std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
+        );
+    }
+
+    /// The `/healthz` JSON, if it answers.
+    pub async fn health(&self) -> Option<serde_json::Value> {
+        let response = reqwest::get(format!("{}/healthz", self.url)).await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// A sample from `/metrics`, summed over series with all of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Runs a command to completion, off the test's runtime.
+pub async fn run_to_end(mut command: Command, timeout: Duration) -> Output {
+    command.stdin(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || command.output().expect("starts"));
+    tokio::time::timeout(timeout, output)
+        .await
+        .expect("finishes in time")
+        .unwrap()
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,154 @@
+//! A real S3 API on loopback for the tests: `s3s-fs` (installed by
+//! tests/run), with SigV4, ranges and conditional writes, storing into a
+//! temporary directory. It can be stopped and started again on the same
+//! port and data, to play an outage.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+
+use super::registry::free_port;
+
+/// The credentials the test server accepts.
+pub const ACCESS_KEY: &str = "pullthrough-test";
+pub const SECRET_KEY: &str = "pullthrough-test-secret";
+pub const REGION: &str = "us-east-1";
+
+/// A running (or stopped) s3s-fs.
+pub struct S3Server {
+    pub endpoint: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Where tests/run installs s3s-fs when it is not on PATH.
+fn binary() -> PathBuf {
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("s3s-fs"))
+            .find(|p| p.is_file())
+    }) {
+        return found;
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cached = home.join(".cache/pullthrough-tools/bin/s3s-fs");
+    assert!(
+        cached.is_file(),
+        "s3s-fs is not installed: run tests/run, which installs it"
+    );
+    cached
+}
+
+impl S3Server {
+    /// Starts s3s-fs on a free port with an empty store.
+    pub async fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let port = free_port();
+        let mut server = S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    /// Starts it again on the same port and data after [`S3Server::stop`].
+    pub async fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("s3s.log")).unwrap();
+        let child = Command::new(binary())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.dir.path().join("data"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("s3s-fs starts");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("s3s-fs did not start on port {}", self.port);
+    }
+
+    /// Kills the server: every request fails until [`S3Server::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client with the server's credentials.
+    pub fn client(&self) -> Client {
+        let credentials =
+            aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(REGION))
+            .credentials_provider(credentials)
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .build();
+        Client::from_conf(config)
+    }
+
+    /// Creates a bucket.
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.client()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("bucket created");
+    }
+
+    /// Every key under `prefix`.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let listed = self
+            .client()
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("listing");
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// An object's bytes.
+    pub async fn get(&self, bucket: &str, key: &str) -> bytes::Bytes {
+        let out = self
+            .client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("object exists");
+        out.body.collect().await.unwrap().into_bytes()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
