@@ -20,6 +20,8 @@ pub const REGION: &str = "us-east-1";
 pub struct S3Server {
     pub endpoint: String,
     port: u16,
+    access_key: String,
+    secret_key: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -47,12 +49,19 @@ fn binary() -> PathBuf {
 impl S3Server {
     /// Starts s3s-fs on a free port with an empty store.
     pub async fn start() -> S3Server {
+        S3Server::start_with(ACCESS_KEY, SECRET_KEY).await
+    }
+
+    /// Starts s3s-fs accepting the given credentials.
+    pub async fn start_with(access_key: &str, secret_key: &str) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let port = free_port();
         let mut server = S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
             dir,
             child: None,
         };
@@ -65,7 +74,12 @@ impl S3Server {
         let log = std::fs::File::create(self.dir.path().join("s3s.log")).unwrap();
         let child = Command::new(binary())
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .args([
+                "--access-key",
+                &self.access_key,
+                "--secret-key",
+                &self.secret_key,
+            ])
             .arg(self.dir.path().join("data"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -94,8 +108,13 @@ impl S3Server {
 
     /// A client with the server's credentials.
     pub fn client(&self) -> Client {
-        let credentials =
-            aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests");
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            None,
+            None,
+            "tests",
+        );
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(REGION))
