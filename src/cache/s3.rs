@@ -113,7 +113,7 @@ impl S3Tier {
             Err(e) if status(&e).is_some_and(|s| (400..500).contains(&s)) => Err(S3StartError {
                 bucket: tier.bucket.clone(),
                 message: format!(
-                    "access refused ({}): check the AWS credentials, region and bucket name; {}",
+                    "refused ({}): check the AWS credentials, the region, and that the bucket exists; {}",
                     status(&e).unwrap_or(0),
                     DisplayErrorContext(&e)
                 ),
