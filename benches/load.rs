@@ -2,9 +2,12 @@
 //! files, and how many upstream fetches a burst of cold pulls costs.
 //!
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
-//! each wrk run; default 5, which makes the whole bench about 1.5 minutes).
+//! each wrk run; default 5, which makes the whole bench about 1.5 to 2
+//! minutes, the S3 rows included).
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
-//! `docker-registry` (distribution 2.8) is optional and adds a column.
+//! `docker-registry` (distribution 2.8) is optional and adds a column, and
+//! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
+//! what tests/run installs) is optional and adds the S3 tier rows.
 //!
 //! Everything runs on loopback, on ephemeral ports, against the Docker Hub
 //! simulator from `tests/support` running inside this process:
@@ -21,7 +24,9 @@
 //! warm manifest-by-tag GETs (with dockerd's Accept types) and warm 100 KiB
 //! blob GETs in requests/s, and a warm 200 MB blob in bytes/s. Then 8
 //! concurrent cold GETs of an uncached 100 MB blob count the upstream
-//! fetches (target: 1) and check every client's bytes.
+//! fetches (target: 1) and check every client's bytes. Last, with s3s-fs,
+//! fresh replicas sharing a bucket serve the 200 MB blob and many 100 KiB
+//! blobs from S3 (see `load/s3tier.rs`), with no upstream request.
 //!
 //! The figures that matter are the **ratios to nginx**, not the absolute
 //! numbers: wrk, the servers and the simulator share the same (often small,
@@ -38,6 +43,8 @@ mod http;
 mod procs;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/s3tier.rs"]
+mod s3tier;
 #[path = "load/servers.rs"]
 mod servers;
 #[path = "../tests/support/mod.rs"]
@@ -159,6 +166,9 @@ struct Fixture {
     /// Never fetched before the coalescing measurement: one per proxy.
     cold_pullthrough: String,
     cold_distribution: String,
+    /// Distinct 100 KiB blobs for the S3 tier measurement (none when
+    /// s3s-fs is missing).
+    s3_small: Vec<(String, Bytes)>,
 }
 
 impl Fixture {
@@ -172,8 +182,9 @@ impl Fixture {
 }
 
 /// Seeds `library/bench:latest` (a small config plus the 100 KiB and
-/// 200 MB layers) and the two cold 100 MB blobs.
-fn seed(sim: &HubSim) -> Fixture {
+/// 200 MB layers), the two cold 100 MB blobs and `s3_small` distinct
+/// 100 KiB blobs.
+fn seed(sim: &HubSim, s3_small: usize) -> Fixture {
     let small = support::random_bytes(SMALL_BLOB, 1);
     let large = support::random_bytes(LARGE_BLOB, 2);
     let image = sim.push_image(REPO, TAG, &[small.clone(), large.clone()]);
@@ -184,6 +195,12 @@ fn seed(sim: &HubSim) -> Fixture {
         large: (image.layer_digests[1].clone(), large),
         cold_pullthrough: sim.put_blob(support::random_bytes(COLD_BLOB, 3)),
         cold_distribution: sim.put_blob(support::random_bytes(COLD_BLOB, 4)),
+        s3_small: (0..s3_small as u64)
+            .map(|i| {
+                let bytes = support::random_bytes(SMALL_BLOB, 1000 + i);
+                (sim.put_blob(bytes.clone()), bytes)
+            })
+            .collect(),
     }
 }
 
@@ -327,6 +344,7 @@ fn settle(sim: &HubSim) {
 fn run() -> Result<(), String> {
     let seconds = bench_seconds()?;
     let tools = find_tools()?;
+    let s3s_fs = s3tier::find_s3s_fs();
     let binary = procs::pullthrough_binary()?;
     // The simulator only does real work on cold misses: one worker thread.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -336,7 +354,8 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     procs::handle_signals(&rt);
     let sim = rt.block_on(HubSim::start());
-    let fx = seed(&sim);
+    let s3_small = s3s_fs.as_ref().map_or(0, |_| s3tier::SMALL_BLOBS);
+    let fx = seed(&sim, s3_small);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "load bench: {seconds} s per run, {cores} cores shared by wrk, the servers and the simulator"
@@ -346,7 +365,7 @@ fn run() -> Result<(), String> {
     let pullthrough =
         servers::with_retries(|| servers::start_pullthrough(&rt, &binary, &sim.registry_url))?;
     warm(&rt, &pullthrough, &fx)?;
-    let files = [
+    let mut files = vec![
         StaticFile {
             path: Fixture::manifest_path(),
             bytes: &fx.manifest,
@@ -360,6 +379,11 @@ fn run() -> Result<(), String> {
             bytes: &fx.large.1,
         },
     ];
+    // The S3 measurement compares with nginx serving the same small blobs.
+    files.extend(fx.s3_small.iter().map(|(digest, bytes)| StaticFile {
+        path: Fixture::blob_path(digest),
+        bytes,
+    }));
     let nginx = servers::with_retries(|| {
         servers::start_nginx(&rt, &tools.nginx, &files, DOCKER_MANIFEST_V2)
     })?;
@@ -405,6 +429,22 @@ fn run() -> Result<(), String> {
     if let Some(server) = &distribution {
         let result = coalesce::run(&rt, &sim, server, &fx.cold_distribution);
         coalesce::print("distribution", &result);
+    }
+    procs::check_interrupted()?;
+
+    match &s3s_fs {
+        None => s3tier::print_skipped(),
+        Some(s3s_fs) => {
+            // The other servers sit idle meanwhile; they have nothing to do
+            // with this measurement but the nginx baseline.
+            let blobs = s3tier::Blobs {
+                large: &fx.large,
+                small: &fx.s3_small,
+            };
+            let result = s3tier::run(&rt, s3s_fs, &binary, &sim, &nginx, &blobs);
+            procs::check_interrupted()?;
+            s3tier::print(&result);
+        }
     }
     Ok(())
 }

@@ -85,6 +85,20 @@ async fn a_pull_through_one_replica_serves_the_other_with_no_upstream_request() 
     wait_until_async(async || c.blob_keys().await.len() == 3).await;
 
     c.sim.reset_counters();
+    // A blob HEAD on a replica without the blob is answered from the bucket.
+    let layer = &image.layer_digests[0];
+    let head = Client::new(&c.b.url)
+        .send(
+            "HEAD",
+            &format!("/v2/library/shared/blobs/{layer}"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, "20000000")
+    );
     assert_eq!(
         Client::new(&c.b.url).pull("shared", "1").await,
         image.manifest_digest

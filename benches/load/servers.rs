@@ -75,7 +75,7 @@ impl Server {
 
 /// Starts a server, trying again (twice) if it fails: the free port the
 /// bench picked may have been taken by someone else before the child bound it.
-pub fn with_retries(mut start: impl FnMut() -> Result<Server, String>) -> Result<Server, String> {
+pub fn with_retries<T>(mut start: impl FnMut() -> Result<T, String>) -> Result<T, String> {
     let mut attempt = 1;
     loop {
         match start() {
@@ -110,10 +110,33 @@ pub fn start_pullthrough(
     binary: &Path,
     upstream: &str,
 ) -> Result<Server, String> {
+    start_pullthrough_with(rt, binary, upstream, "pullthrough", &[], &[])
+}
+
+/// [`start_pullthrough`] with extra command-line arguments and environment
+/// (the S3 tier's flags and AWS credentials), under its own `name`, with an
+/// empty data directory of its own. When `env` sets any `AWS_` variable,
+/// every other `AWS_` variable of the bench's own environment (a profile, a
+/// session token, an endpoint) is left out, so only `env` configures S3.
+pub fn start_pullthrough_with(
+    rt: &tokio::runtime::Runtime,
+    binary: &Path,
+    upstream: &str,
+    name: &'static str,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Result<Server, String> {
     let dir = temp_dir("bench-pullthrough-")?;
     let port = free_port()?;
     let log = dir.path().join("pullthrough.log");
     let mut command = Command::new(binary);
+    if env.iter().any(|(k, _)| k.starts_with("AWS_")) {
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
+    }
     command
         .arg("serve")
         .arg("--listen")
@@ -124,14 +147,16 @@ pub fn start_pullthrough(
         .arg(format!("docker.io={upstream}"))
         .arg("--tag-ttl")
         .arg("5m")
+        .args(extra)
         .env_remove("PULLTHROUGH_LOG")
         .env_remove("RUST_LOG")
         .env_remove("PULLTHROUGH_CONFIG")
+        .envs(env.iter().copied())
         .stdout(Stdio::from(create(&log)?))
         .stderr(Stdio::from(create(&dir.path().join("stderr.log"))?));
-    let child = ChildGuard::spawn("pullthrough", &mut command)?;
+    let child = ChildGuard::spawn(name, &mut command)?;
     let mut server = Server {
-        name: "pullthrough",
+        name,
         url: format!("http://127.0.0.1:{port}"),
         child,
         log,

@@ -48,11 +48,43 @@ pub struct S3Tier {
     client: Client,
     bucket: String,
     prefix: String,
-    degraded: AtomicBool,
-    retry_at_ms: AtomicU64,
-    degraded_gauge: IntGauge,
+    health: Arc<Health>,
+    /// Longest wait for the next bytes of an object being streamed.
+    read_timeout: Duration,
     /// Objects whose upload failed or was skipped while degraded.
     pending: Mutex<HashSet<ObjectKey>>,
+}
+
+/// Whether S3 is answering; shared with the streams reading from it.
+struct Health {
+    bucket: String,
+    degraded: AtomicBool,
+    retry_at_ms: AtomicU64,
+    gauge: IntGauge,
+}
+
+impl Health {
+    /// Whether to try S3 now: healthy, or degraded long enough to try again.
+    fn available(&self) -> bool {
+        !self.degraded.load(Ordering::Relaxed)
+            || now_ms() >= self.retry_at_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, what: &str) {
+        self.retry_at_ms
+            .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.gauge.set(1);
+            tracing::warn!(bucket = %self.bucket, what, "S3 tier degraded: serving from local tiers and upstream");
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            self.gauge.set(0);
+            tracing::info!(bucket = %self.bucket, "S3 tier recovered");
+        }
+    }
 }
 
 /// Why the tier could not start.
@@ -103,9 +135,13 @@ impl S3Tier {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
-            degraded: AtomicBool::new(false),
-            retry_at_ms: AtomicU64::new(0),
-            degraded_gauge: metrics.s3_degraded.clone(),
+            health: Arc::new(Health {
+                bucket: config.bucket.clone(),
+                degraded: AtomicBool::new(false),
+                retry_at_ms: AtomicU64::new(0),
+                gauge: metrics.s3_degraded.clone(),
+            }),
+            read_timeout: config.timeout,
             pending: Mutex::new(HashSet::new()),
         };
         match tier.client.head_bucket().bucket(&tier.bucket).send().await {
@@ -128,27 +164,48 @@ impl S3Tier {
 
     /// Whether the tier is currently failing.
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.health.degraded.load(Ordering::Relaxed)
     }
 
-    /// Whether to try S3 now: healthy, or degraded long enough to try again.
     fn available(&self) -> bool {
-        !self.is_degraded() || now_ms() >= self.retry_at_ms.load(Ordering::Relaxed)
+        self.health.available()
     }
 
     fn failed(&self, what: &str) {
-        self.retry_at_ms
-            .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
-        if !self.degraded.swap(true, Ordering::Relaxed) {
-            self.degraded_gauge.set(1);
-            tracing::warn!(bucket = %self.bucket, what, "S3 tier degraded: serving from local tiers and upstream");
-        }
+        self.health.failed(what);
     }
 
     fn succeeded(&self) {
-        if self.degraded.swap(false, Ordering::Relaxed) {
-            self.degraded_gauge.set(0);
-            tracing::info!(bucket = %self.bucket, "S3 tier recovered");
+        self.health.succeeded();
+    }
+
+    /// A blob's size, when the bucket has it (a HEAD costs no download).
+    pub async fn size_of(&self, key: &ObjectKey) -> Option<u64> {
+        if !self.available() {
+            return None;
+        }
+        let object_key = self.object_key(key);
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                self.succeeded();
+                out.content_length().and_then(|l| u64::try_from(l).ok())
+            }
+            Err(e) if status(&e) == Some(404) => {
+                self.succeeded();
+                None
+            }
+            Err(e) => {
+                tracing::warn!(key = %object_key, error = %DisplayErrorContext(&e), "S3 HEAD failed");
+                self.failed("head");
+                None
+            }
         }
     }
 
@@ -262,12 +319,25 @@ impl S3Tier {
             Ok(out) => {
                 self.succeeded();
                 let size = out.content_length().and_then(|l| u64::try_from(l).ok());
-                let body = futures_util::stream::unfold(Some(out.body), |body| async move {
-                    let mut body = body?;
-                    match body.try_next().await {
-                        Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
-                        Ok(None) => None,
-                        Err(e) => Some((Err(Arc::new(e) as SourceError), None)),
+                // A body that stalls or breaks fails the download (its
+                // clients' connections are aborted, nothing is stored) and
+                // marks the tier degraded; the next request goes upstream.
+                let (health, timeout) = (self.health.clone(), self.read_timeout);
+                let body = futures_util::stream::unfold(Some(out.body), move |body| {
+                    let health = health.clone();
+                    async move {
+                        let mut body = body?;
+                        let failure = match tokio::time::timeout(timeout, body.try_next()).await {
+                            Ok(Ok(Some(chunk))) => return Some((Ok(chunk), Some(body))),
+                            Ok(Ok(None)) => return None,
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => format!("no bytes from S3 for {timeout:?}"),
+                        };
+                        health.failed("read body");
+                        Some((
+                            Err(Arc::new(io::Error::other(failure)) as SourceError),
+                            None,
+                        ))
                     }
                 });
                 Some(Source {

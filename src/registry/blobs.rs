@@ -68,6 +68,15 @@ impl Registry {
                     outcome: Outcome::Coalesced,
                 });
             }
+            if let Some(shared) = self.inner.cache.shared() {
+                if let Some(size) = shared.size_of(&key).await {
+                    return Ok(BlobReply {
+                        size: Some(size),
+                        body: BlobBody::None,
+                        outcome: Outcome::Hit("s3"),
+                    });
+                }
+            }
             let size = upstream
                 .head_blob(repo, digest)
                 .await
