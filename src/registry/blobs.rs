@@ -68,14 +68,14 @@ impl Registry {
                     outcome: Outcome::Coalesced,
                 });
             }
-            if let Some(shared) = self.inner.cache.shared() {
-                if let Some(size) = shared.size_of(&key).await {
-                    return Ok(BlobReply {
-                        size: Some(size),
-                        body: BlobBody::None,
-                        outcome: Outcome::Hit("s3"),
-                    });
-                }
+            if let Some(shared) = self.inner.cache.shared()
+                && let Some(size) = shared.size_of(&key).await
+            {
+                return Ok(BlobReply {
+                    size: Some(size),
+                    body: BlobBody::None,
+                    outcome: Outcome::Hit("s3"),
+                });
             }
             let size = upstream
                 .head_blob(repo, digest)
@@ -119,10 +119,10 @@ async fn download(
     repo: RepoName,
     key: ObjectKey,
 ) -> Result<Source, SourceError> {
-    if let Some(s3) = &shared {
-        if let Some(source) = s3.open(&key).await {
-            return Ok(source);
-        }
+    if let Some(s3) = &shared
+        && let Some(source) = s3.open(&key).await
+    {
+        return Ok(source);
     }
     let blob = upstream
         .get_blob(&repo, &key.digest)
