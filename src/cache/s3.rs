@@ -179,34 +179,44 @@ impl S3Tier {
         self.health.succeeded();
     }
 
-    /// A blob's size, when the bucket has it (a HEAD costs no download).
-    pub async fn size_of(&self, key: &ObjectKey) -> Option<u64> {
-        if !self.available() {
-            return None;
-        }
-        let object_key = self.object_key(key);
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
-            .await
-        {
+    /// Records how a call went: `Some` on success, `None` for an absent
+    /// object (404) and for a failure, which is logged and degrades the tier.
+    fn settle<T, E>(&self, result: Result<T, SdkError<E>>, what: &str, key: &str) -> Option<T>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match result {
             Ok(out) => {
                 self.succeeded();
-                out.content_length().and_then(|l| u64::try_from(l).ok())
+                Some(out)
             }
             Err(e) if status(&e) == Some(404) => {
                 self.succeeded();
                 None
             }
             Err(e) => {
-                tracing::warn!(key = %object_key, error = %DisplayErrorContext(&e), "S3 HEAD failed");
-                self.failed("head");
+                tracing::warn!(key, error = %DisplayErrorContext(&e), "S3 {what} failed");
+                self.failed(what);
                 None
             }
         }
+    }
+
+    /// A blob's size, when the bucket has it (a HEAD costs no download).
+    pub async fn size_of(&self, key: &ObjectKey) -> Option<u64> {
+        if !self.available() {
+            return None;
+        }
+        let object_key = self.object_key(key);
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await;
+        let out = self.settle(head, "head", &object_key)?;
+        out.content_length().and_then(|l| u64::try_from(l).ok())
     }
 
     /// The object key of a cached object.
@@ -226,34 +236,19 @@ impl S3Tier {
         if !self.available() {
             return None;
         }
-        match self
+        let get = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-        {
-            Ok(out) => {
-                let content_type = out.content_type().map(str::to_owned);
-                match out.body.collect().await {
-                    Ok(body) => {
-                        self.succeeded();
-                        Some((body.into_bytes(), content_type))
-                    }
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "S3 read broke off");
-                        self.failed("read");
-                        None
-                    }
-                }
-            }
-            Err(e) if status(&e) == Some(404) => {
-                self.succeeded();
-                None
-            }
+            .await;
+        let out = self.settle(get, "read", key)?;
+        let content_type = out.content_type().map(str::to_owned);
+        match out.body.collect().await {
+            Ok(body) => Some((body.into_bytes(), content_type)),
             Err(e) => {
-                tracing::warn!(key, error = %DisplayErrorContext(&e), "S3 read failed");
+                tracing::warn!(key, error = %e, "S3 read broke off");
                 self.failed("read");
                 None
             }
@@ -308,54 +303,41 @@ impl S3Tier {
             return None;
         }
         let object_key = self.object_key(key);
-        match self
+        let get = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(&object_key)
             .send()
-            .await
-        {
-            Ok(out) => {
-                self.succeeded();
-                let size = out.content_length().and_then(|l| u64::try_from(l).ok());
-                // A body that stalls or breaks fails the download (its
-                // clients' connections are aborted, nothing is stored) and
-                // marks the tier degraded; the next request goes upstream.
-                let (health, timeout) = (self.health.clone(), self.read_timeout);
-                let body = futures_util::stream::unfold(Some(out.body), move |body| {
-                    let health = health.clone();
-                    async move {
-                        let mut body = body?;
-                        let failure = match tokio::time::timeout(timeout, body.try_next()).await {
-                            Ok(Ok(Some(chunk))) => return Some((Ok(chunk), Some(body))),
-                            Ok(Ok(None)) => return None,
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => format!("no bytes from S3 for {timeout:?}"),
-                        };
-                        health.failed("read body");
-                        Some((
-                            Err(Arc::new(io::Error::other(failure)) as SourceError),
-                            None,
-                        ))
-                    }
-                });
-                Some(Source {
-                    size,
-                    body: Box::new(Box::pin(body)),
-                    shared: true,
-                })
+            .await;
+        let out = self.settle(get, "read", &object_key)?;
+        let size = out.content_length().and_then(|l| u64::try_from(l).ok());
+        // A body that stalls or breaks fails the download (its
+        // clients' connections are aborted, nothing is stored) and
+        // marks the tier degraded; the next request goes upstream.
+        let (health, timeout) = (self.health.clone(), self.read_timeout);
+        let body = futures_util::stream::unfold(Some(out.body), move |body| {
+            let health = health.clone();
+            async move {
+                let mut body = body?;
+                let failure = match tokio::time::timeout(timeout, body.try_next()).await {
+                    Ok(Ok(Some(chunk))) => return Some((Ok(chunk), Some(body))),
+                    Ok(Ok(None)) => return None,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no bytes from S3 for {timeout:?}"),
+                };
+                health.failed("read body");
+                Some((
+                    Err(Arc::new(io::Error::other(failure)) as SourceError),
+                    None,
+                ))
             }
-            Err(e) if status(&e) == Some(404) => {
-                self.succeeded();
-                None
-            }
-            Err(e) => {
-                tracing::warn!(key = %object_key, error = %DisplayErrorContext(&e), "S3 read failed");
-                self.failed("read");
-                None
-            }
-        }
+        });
+        Some(Source {
+            size,
+            body: Box::new(Box::pin(body)),
+            shared: true,
+        })
     }
 
     /// Uploads a file in parts, conditionally; aborts on any failure.

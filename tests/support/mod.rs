@@ -63,3 +63,19 @@ pub async fn wait_until_async(mut condition: impl AsyncFnMut() -> bool) {
     }
     panic!("condition not met within 20 s");
 }
+
+/// A sample from Prometheus text `exposition`, summed over the series named
+/// `name` whose labels include every `label="value"` in `labels`.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

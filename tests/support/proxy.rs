@@ -77,16 +77,7 @@ impl Proxy {
     /// whose labels contain every `label="value"` in `labels`.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self.state.metrics.render();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        super::metric_sum(&text, name, labels)
     }
 
     /// Requests answered with `outcome` so far.
