@@ -10,7 +10,7 @@ use support::hubsim::{Fault, FaultTarget, HubSim, SimOptions};
 use support::proxy::{Proxy, config};
 use support::random_bytes;
 
-const TTL: Duration = Duration::from_millis(300);
+const TTL: Duration = Duration::from_millis(1000);
 
 async fn setup(sim: &HubSim, dir: &std::path::Path) -> Proxy {
     let mut cfg = config(&sim.registry_url, dir);
