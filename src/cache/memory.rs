@@ -1,11 +1,10 @@
 //! The memory tier: manifests and small blobs, weighed by their bytes and
 //! evicted by moka's TinyLFU policy when the configured total is reached.
 
-use std::io;
-
 use bytes::Bytes;
 use moka::sync::Cache;
 
+use super::read::read_whole;
 use super::{CacheError, Content, Object, ObjectKey, ObjectMeta, Payload, Tier, Verified};
 
 /// Bytes held per object beyond the content itself, so a flood of tiny
@@ -62,19 +61,12 @@ impl Tier for MemoryTier {
         if !self.accepts(object.meta().size) {
             return Ok(());
         }
-        let bytes = match object.payload() {
-            Payload::Bytes(bytes) => bytes.clone(),
-            Payload::File(_) | Payload::Cached(_) => {
-                let file = match object.payload() {
-                    Payload::File(temp) => temp.file().clone(),
-                    Payload::Cached(file) => file.clone(),
-                    Payload::Bytes(_) => unreachable!("matched above"),
-                };
-                let size = object.meta().size;
-                tokio::task::spawn_blocking(move || super::read::read_all(&file, size))
+        let bytes = match (object.payload(), object.payload().file()) {
+            (Payload::Bytes(bytes), _) => bytes.clone(),
+            (_, file) => {
+                let file = file.expect("payloads other than bytes are files").clone();
+                read_whole(file, object.meta().size)
                     .await
-                    .map_err(|e| io::Error::other(e.to_string()))
-                    .and_then(|r| r)
                     .map_err(|source| CacheError::Io {
                         tier: "memory",
                         context: "reading a download to hold in memory".into(),

@@ -22,7 +22,7 @@ use bytes::Bytes;
 pub use disk::{DiskTier, TempFile};
 pub use flight::{Flight, FlightError, Flights, Source, SourceError};
 pub use memory::MemoryTier;
-pub use read::{ByteStream, read_all};
+pub use read::{ByteStream, read_whole};
 pub use s3::{S3StartError, S3Tier};
 pub use tiered::TieredCache;
 
@@ -91,6 +91,17 @@ pub enum Payload {
     File(Arc<TempFile>),
     /// A file already in the disk tier, copied to another tier.
     Cached(Arc<File>),
+}
+
+impl Payload {
+    /// The file holding the bytes, unless they are in memory.
+    pub fn file(&self) -> Option<&Arc<File>> {
+        match self {
+            Payload::Bytes(_) => None,
+            Payload::File(temp) => Some(temp.file()),
+            Payload::Cached(file) => Some(file),
+        }
+    }
 }
 
 /// An object whose bytes were checked against its digest; the only thing a

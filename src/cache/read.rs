@@ -31,6 +31,13 @@ pub fn read_all(file: &File, size: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Reads a whole small file into memory, off the async threads.
+pub async fn read_whole(file: Arc<File>, size: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || read_all(&file, size))
+        .await
+        .map_err(io::Error::other)?
+}
+
 /// Maps a complete cached file, so its bytes go from the page cache to the
 /// socket with no copy into buffers of ours.
 pub fn map_file(file: &File, size: u64) -> io::Result<Bytes> {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use prometheus::IntGauge;
 
 use super::flight::{Source, SourceError};
-use super::read::read_all;
+use super::read::read_whole;
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
 };
@@ -500,20 +500,11 @@ impl Tier for S3Tier {
             Payload::Cached(file) => file.clone(),
         };
         let result = if size <= PART {
-            match tokio::task::spawn_blocking({
-                let file = file.clone();
-                move || read_all(&file, size)
-            })
-            .await
-            {
-                Ok(Ok(bytes)) => {
-                    if self.put_small(&object_key, bytes, None, true).await {
-                        Ok(())
-                    } else {
-                        Err("write failed".into())
-                    }
-                }
-                Ok(Err(e)) => Err(e.to_string()),
+            match read_whole(file.clone(), size).await {
+                Ok(bytes) => match self.put_small(&object_key, bytes, None, true).await {
+                    true => Ok(()),
+                    false => Err("write failed".into()),
+                },
                 Err(e) => Err(e.to_string()),
             }
         } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::read::{map_file, read_all};
+use super::read::{map_file, read_whole};
 use super::{CacheError, Content, DiskTier, MemoryTier, Object, ObjectKey, S3Tier, Tier, Verified};
 
 /// How often uploads missed during an S3 outage are retried.
@@ -81,13 +81,10 @@ impl TieredCache {
         }
         let bytes = match &object.content {
             Content::Memory(bytes) => bytes.clone(),
-            Content::File(file) => {
-                let (file, size) = (file.clone(), object.meta.size);
-                match tokio::task::spawn_blocking(move || read_all(&file, size)).await {
-                    Ok(Ok(bytes)) => bytes,
-                    _ => return object,
-                }
-            }
+            Content::File(file) => match read_whole(file.clone(), object.meta.size).await {
+                Ok(bytes) => bytes,
+                Err(_) => return object,
+            },
         };
         let verified = Verified::from_tier(key.clone(), object.meta.clone(), bytes.clone());
         for tier in &self.tiers[..level] {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::tags::{TagKey, TagRecord, now_ms};
 use super::{ALL_MANIFEST_TYPES, AcceptSet, Outcome, Registry, RegistryError};
-use crate::cache::{CacheError, Content, Object, ObjectKey, Verified};
+use crate::cache::{CacheError, Content, Object, ObjectKey, Verified, read_whole};
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName, Tag};
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
@@ -371,17 +371,14 @@ async fn reply_from_object(
         (false, _) => None,
         (true, Content::Memory(bytes)) => Some(bytes),
         (true, Content::File(file)) => {
-            let size = object.meta.size;
-            let read =
-                tokio::task::spawn_blocking(move || crate::cache::read_all(&file, size)).await;
-            let bytes = read
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r)
-                .map_err(|source| CacheError::Io {
-                    tier: "disk",
-                    context: "reading a manifest".into(),
-                    source,
-                })?;
+            let bytes =
+                read_whole(file, object.meta.size)
+                    .await
+                    .map_err(|source| CacheError::Io {
+                        tier: "disk",
+                        context: "reading a manifest".into(),
+                        source,
+                    })?;
             Some(bytes)
         }
     };
