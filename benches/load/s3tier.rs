@@ -32,7 +32,7 @@ use tempfile::TempDir;
 use super::procs::{self, ChildGuard, free_port, tail};
 use super::servers::{self, Server};
 use super::support::hubsim::HubSim;
-use super::support::s3::{ACCESS_KEY, REGION, SECRET_KEY};
+use super::support::s3::{self, ACCESS_KEY, REGION, SECRET_KEY};
 use super::{FETCH_TIMEOUT, Fixture, http, settle};
 
 /// Distinct cold 100 KiB blobs each fresh replica fetches from S3.
@@ -132,16 +132,7 @@ fn start_store(binary: &Path) -> Result<S3Store, String> {
 impl S3Store {
     /// A client with the store's credentials, path-style.
     fn client(&self) -> Client {
-        let credentials =
-            aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "bench");
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new(REGION))
-            .credentials_provider(credentials)
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .build();
-        Client::from_conf(config)
+        s3::client(&self.endpoint, ACCESS_KEY, SECRET_KEY)
     }
 
     fn log_tail(&self) -> String {

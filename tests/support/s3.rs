@@ -16,6 +16,20 @@ pub const ACCESS_KEY: &str = "pullthrough-test";
 pub const SECRET_KEY: &str = "pullthrough-test-secret";
 pub const REGION: &str = "us-east-1";
 
+/// An S3 client for a loopback endpoint: static credentials, path-style.
+pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> Client {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "tests");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    Client::from_conf(config)
+}
+
 /// A running (or stopped) s3s-fs.
 pub struct S3Server {
     pub endpoint: String,
@@ -108,21 +122,7 @@ impl S3Server {
 
     /// A client with the server's credentials.
     pub fn client(&self) -> Client {
-        let credentials = aws_sdk_s3::config::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            "tests",
-        );
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new(REGION))
-            .credentials_provider(credentials)
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .build();
-        Client::from_conf(config)
+        client(&self.endpoint, &self.access_key, &self.secret_key)
     }
 
     /// Creates a bucket.
