@@ -8,7 +8,8 @@
 //! - [`cache`]: content-addressed tiers (memory, disk) behind one trait,
 //!   and single-flight downloads.
 //! - [`upstream`]: the configured registries, their auth and rate limits.
-//! - [`config`], [`metrics`], [`digest`], [`reference`]: the shared pieces.
+//! - [`config`], [`metrics`], [`digest`], [`reference`], [`singleflight`]:
+//!   the shared pieces.
 //! - [`server`]: wires it all together and serves until shutdown.
 
 pub mod api;
@@ -19,4 +20,5 @@ pub mod metrics;
 pub mod reference;
 pub mod registry;
 pub mod server;
+pub mod singleflight;
 pub mod upstream;

@@ -114,6 +114,10 @@ fn main() -> ExitCode {
     let _log_guard = init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is file work on a pool of 16 (see `cache`), plus the
+        // odd DNS lookup: a burst of requests must never become a burst of
+        // threads.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .expect("tokio runtime");
     match runtime.block_on(serve_until_signal(config)) {
@@ -125,6 +129,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The most threads tokio may start for blocking work.
+const BLOCKING_THREADS: usize = 32;
 
 async fn serve_until_signal(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let state = server::build_state(&config).await?;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
+    blocking,
 };
 
 /// Manifests keep their media type in a file beside them with this suffix.
@@ -45,8 +46,13 @@ impl TempFile {
 }
 
 impl Drop for TempFile {
+    /// Unlinking a large abandoned download frees its blocks, which can
+    /// take a while: it happens on the file pool, off the async threads.
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let path = std::mem::take(&mut self.path);
+        blocking::detach(move || {
+            let _ = fs::remove_file(path);
+        });
     }
 }
 
@@ -59,16 +65,14 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> CacheError 
     }
 }
 
-/// Runs blocking file-system work off the async threads.
-async fn blocking<T: Send + 'static>(
+/// Runs blocking file-system work on the bounded file pool.
+async fn on_pool<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
 ) -> Result<T, CacheError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| CacheError::Other {
-            tier: "disk",
-            message: e.to_string(),
-        })?
+    blocking::run(work).await.map_err(|e| CacheError::Other {
+        tier: "disk",
+        message: e.to_string(),
+    })?
 }
 
 impl DiskTier {
@@ -91,9 +95,20 @@ impl DiskTier {
         &self.root
     }
 
-    /// A new empty file in `tmp/` for a download.
-    pub fn create_temp(&self) -> Result<TempFile, CacheError> {
-        create_temp_in(&self.tmp)
+    /// A new file in `tmp/` for a download, sized up front to `size` when
+    /// that is known (so it can be mapped whole while it is written).
+    pub async fn create_temp(&self, size: Option<u64>) -> Result<TempFile, CacheError> {
+        let tmp = self.tmp.clone();
+        on_pool(move || {
+            let temp = create_temp_in(&tmp)?;
+            if let Some(size) = size {
+                temp.file
+                    .set_len(size)
+                    .map_err(io_error(format!("sizing {}", temp.path.display())))?;
+            }
+            Ok(temp)
+        })
+        .await
     }
 
     fn lookup_blocking(root: &Path, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
@@ -203,12 +218,12 @@ impl Tier for DiskTier {
     async fn lookup(&self, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
         let root = self.root.clone();
         let key = key.clone();
-        blocking(move || DiskTier::lookup_blocking(&root, &key)).await
+        on_pool(move || DiskTier::lookup_blocking(&root, &key)).await
     }
 
     async fn store(&self, object: &Verified) -> Result<(), CacheError> {
         let (root, tmp, object) = (self.root.clone(), self.tmp.clone(), object.clone());
-        blocking(move || DiskTier::store_blocking(&root, &tmp, &object)).await
+        on_pool(move || DiskTier::store_blocking(&root, &tmp, &object)).await
     }
 }
 
@@ -240,14 +255,22 @@ mod tests {
             super::super::read::read_all(&file, hit.meta.size).unwrap(),
             body
         );
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // Temporary names are unlinked on the file pool, just after.
+        for _ in 0..500 {
+            if fs::read_dir(dir.path().join("tmp")).unwrap().count() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("temporary files were left behind");
     }
 
-    #[test]
-    fn leftover_temp_files_are_cleared_at_open() {
+    #[tokio::test]
+    async fn leftover_temp_files_are_cleared_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let tier = DiskTier::open(dir.path()).unwrap();
-        let temp = tier.create_temp().unwrap();
+        let temp = tier.create_temp(Some(10)).await.unwrap();
+        assert_eq!(temp.file().metadata().unwrap().len(), 10);
         std::mem::forget(temp);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
         DiskTier::open(dir.path()).unwrap();

@@ -1,38 +1,50 @@
-//! Single-flight downloads: concurrent misses for one object share one
-//! upstream fetch, and every waiting client streams from it as it arrives.
+//! Blob downloads shared by every client that wants the blob: one fetch
+//! per digest, however many clients ask at once, streamed to each of them
+//! as it arrives. Built on the crate's one [`SingleFlight`], whose contract
+//! (one run per key, runs outlive their callers, no hang on failure, the
+//! hand-off re-check) holds here too.
 //!
-//! The contract:
-//! - At most one download per key runs at a time; [`Flights::join_or_start`]
-//!   either joins it or starts it, under one short lock.
-//! - Bytes go to a temporary file in the disk tier, and readers `pread` that
-//!   file as it grows, so memory stays bounded whatever the object's size.
-//! - Readers never receive the final byte before the digest is verified: on a
-//!   mismatch or a broken download their bodies end in an error, which
+//! How a download reaches its clients:
+//! - Bytes go to a temporary file in the disk tier. When the size is known
+//!   the file is sized up front and mapped once; the map is shared by every
+//!   client, each of which slices it as far as the download has written
+//!   (see `read.rs`). A client waiting on a download holds no thread and no
+//!   buffer: a rollout of a thousand nodes costs a thousand connections,
+//!   not a thousand copies. A slow client only falls behind; it never slows
+//!   the download or another client.
+//! - Writing and hashing run on the bounded file pool, one batch at a time
+//!   while the next batch arrives, so the download never holds a thread
+//!   either, and a burst of downloads cannot starve lookups.
+//! - Clients never receive the last byte before the digest is verified: on
+//!   a mismatch or a broken download their bodies end in an error, which
 //!   aborts the client's connection instead of completing a bad 200.
-//! - The download runs in its own task: it finishes (and fills the cache)
-//!   even when the client that started it goes away.
-//! - If the download task dies without finishing, its progress channel
-//!   closes and every reader fails rather than hangs; the map entry is
-//!   removed by a drop guard, so the next request starts afresh.
+//! - The hand-off re-check: a new download first looks in the cache, and
+//!   serves a hit from there, so a client that missed the cache just before
+//!   another download stored the blob never causes a second fetch.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use super::read::{ByteStream, stream_growing};
-use super::{CacheError, ObjectKey, TieredCache, Verified};
+use super::read::{ByteStream, follow, map_file};
+use super::{CacheError, Content, ObjectKey, TieredCache, Verified, blocking};
 use crate::digest::{DigestMismatch, Hasher};
 use crate::metrics::Metrics;
+use crate::singleflight::SingleFlight;
 
 /// Any error the source of a download reports; callers downcast to their own.
 pub type SourceError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Bytes gathered from the source before they are handed to the file pool
+/// while an earlier batch is still being written.
+const BATCH: usize = 1024 * 1024;
 
 /// An object's bytes as a source delivers them.
 pub struct Source {
@@ -57,18 +69,33 @@ pub enum FlightError {
     Abandoned,
 }
 
+/// Where a download's bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Fetched from the upstream registry.
+    Upstream,
+    /// Streamed from the shared tier, which another replica filled.
+    Shared,
+    /// Already in this tier: found by the hand-off re-check.
+    Cached(&'static str),
+}
+
 /// A download's state, as its readers see it.
 #[derive(Clone, Debug)]
 pub(super) enum Progress {
     Connecting,
+    /// `view` maps the file up to at least `written` bytes (the whole size
+    /// when it is known).
     Streaming {
-        file: Arc<File>,
+        view: Bytes,
         size: Option<u64>,
         written: u64,
+        origin: Origin,
     },
     Done {
-        file: Arc<File>,
+        view: Bytes,
         size: u64,
+        origin: Origin,
     },
     Failed(FlightError),
 }
@@ -93,17 +120,26 @@ impl Progress {
             Progress::Failed(e) => Err(e.to_string()),
         }
     }
+
+    /// The mapped bytes, once there are any.
+    pub(super) fn view(&self) -> Option<&Bytes> {
+        match self {
+            Progress::Streaming { view, .. } | Progress::Done { view, .. } => Some(view),
+            Progress::Connecting | Progress::Failed(_) => None,
+        }
+    }
 }
 
-/// One download in progress, shared by every client waiting for it.
+/// One download, as a client following it sees it; cheap to clone.
+#[derive(Clone)]
 pub struct Flight {
     progress: watch::Receiver<Progress>,
-    from_shared: AtomicBool,
 }
 
 impl Flight {
-    /// Waits until bytes start to arrive; returns the announced size.
-    pub async fn ready(&self) -> Result<Option<u64>, FlightError> {
+    /// Waits until bytes start to arrive; returns the announced size and
+    /// where the bytes come from.
+    pub async fn ready(&self) -> Result<(Option<u64>, Origin), FlightError> {
         let mut progress = self.progress.clone();
         let state = progress
             .wait_for(|p| !matches!(p, Progress::Connecting))
@@ -111,215 +147,287 @@ impl Flight {
             .map_err(|_| FlightError::Abandoned)?
             .clone();
         match state {
-            Progress::Streaming { size, .. } => Ok(size),
-            Progress::Done { size, .. } => Ok(Some(size)),
+            Progress::Streaming { size, origin, .. } => Ok((size, origin)),
+            Progress::Done { size, origin, .. } => Ok((Some(size), origin)),
             Progress::Failed(e) => Err(e),
             Progress::Connecting => unreachable!("waited past Connecting"),
         }
     }
 
-    /// Whether the bytes come from the shared tier rather than upstream;
-    /// known once [`Flight::ready`] succeeded.
-    pub fn from_shared(&self) -> bool {
-        self.from_shared.load(Ordering::Acquire)
-    }
-
-    /// Streams bytes `start..end` (clamped to the final size) as they arrive.
-    /// Call after [`Flight::ready`] succeeded.
+    /// Streams bytes `start..end` (clamped to the final size) as they
+    /// arrive. Call after [`Flight::ready`] succeeded.
     pub fn stream(&self, start: u64, end: u64) -> ByteStream {
-        let state = self.progress.borrow().clone();
-        match state {
-            Progress::Streaming { file, .. } | Progress::Done { file, .. } => {
-                stream_growing(file, start, end, self.progress.clone())
-            }
-            Progress::Failed(e) => failed_stream(e.to_string()),
-            Progress::Connecting => failed_stream("download has not started".into()),
-        }
+        follow(self.progress.clone(), start, end)
     }
 }
 
-fn failed_stream(message: String) -> ByteStream {
-    Box::pin(futures_util::stream::once(async move {
-        Err(std::io::Error::other(message))
-    }))
-}
-
-/// The downloads in progress, by key; cheap to clone.
+/// The blob downloads in progress; cheap to clone.
 #[derive(Clone)]
 pub struct Flights {
-    running: Arc<Mutex<HashMap<ObjectKey, Arc<Flight>>>>,
+    running: SingleFlight<ObjectKey, Progress>,
     metrics: Metrics,
-}
-
-/// Removes a flight's entry when its task ends, however it ends.
-struct Unregister {
-    running: Arc<Mutex<HashMap<ObjectKey, Arc<Flight>>>>,
-    key: ObjectKey,
-}
-
-impl Drop for Unregister {
-    fn drop(&mut self) {
-        if let Ok(mut running) = self.running.lock() {
-            running.remove(&self.key);
-        }
-    }
 }
 
 impl Flights {
     /// No downloads yet; digest mismatches are counted in `metrics`.
     pub fn new(metrics: Metrics) -> Self {
         Flights {
-            running: Arc::default(),
+            running: SingleFlight::default(),
             metrics,
         }
     }
 
     /// The download of `key`, if one is running.
-    pub fn get(&self, key: &ObjectKey) -> Option<Arc<Flight>> {
-        self.running.lock().expect("flights lock").get(key).cloned()
+    pub fn get(&self, key: &ObjectKey) -> Option<Flight> {
+        self.running.get(key).map(|progress| Flight { progress })
     }
 
-    /// Joins the running download of `key`, or starts one from `source` that
-    /// verifies the bytes and stores them in `cache`. The `bool` is true
-    /// when an existing download was joined (`source` is then dropped unused).
-    pub fn join_or_start<S>(
-        &self,
-        key: ObjectKey,
-        cache: TieredCache,
-        source: S,
-    ) -> (Arc<Flight>, bool)
+    /// Joins the running download of `key`, or starts one that re-checks
+    /// `cache`, then fetches from `source`, verifies the bytes and stores
+    /// them in `cache`. The `bool` is true when an existing download was
+    /// joined (`source` is then dropped unused).
+    pub fn join_or_start<S>(&self, key: ObjectKey, cache: TieredCache, source: S) -> (Flight, bool)
     where
         S: Future<Output = Result<Source, SourceError>> + Send + 'static,
     {
-        let mut running = self.running.lock().expect("flights lock");
-        if let Some(flight) = running.get(&key) {
-            return (flight.clone(), true);
-        }
-        let (tx, rx) = watch::channel(Progress::Connecting);
-        let flight = Arc::new(Flight {
-            progress: rx,
-            from_shared: AtomicBool::new(false),
-        });
-        let this = flight.clone();
-        running.insert(key.clone(), flight.clone());
-        let unregister = Unregister {
-            running: self.running.clone(),
-            key: key.clone(),
-        };
         let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            let _unregister = unregister;
-            let tx = Arc::new(tx);
-            match transfer(&key, &cache, source, &tx, &this).await {
-                Ok((verified, shared)) => {
-                    let Progress::Streaming { file, .. } = tx.borrow().clone() else {
-                        unreachable!("a finished transfer was streaming")
-                    };
-                    tx.send_replace(Progress::Done {
-                        file,
-                        size: verified.meta().size,
-                    });
-                    let stored = if shared {
-                        cache.store_local(&verified).await
-                    } else {
-                        cache.store(&verified).await
-                    };
-                    if let Err(e) = stored {
-                        tracing::error!(digest = %key.digest, error = %e, "could not cache a verified download");
-                    }
-                }
-                Err(e) => {
-                    if matches!(e, FlightError::Mismatch(_)) {
-                        metrics.digest_mismatches.with_label_values(&["blob"]).inc();
-                    }
-                    tracing::warn!(digest = %key.digest, error = %e, "download failed; nothing cached");
-                    tx.send_replace(Progress::Failed(e));
-                }
-            }
-        });
-        (flight, false)
+        let work_key = key.clone();
+        let (progress, joined) =
+            self.running
+                .join_or_start(key, Progress::Connecting, move |progress| {
+                    download(work_key, cache, source, progress, metrics)
+                });
+        (Flight { progress }, joined)
     }
 }
 
-/// Copies the source into a temp file, hashing as it goes, and returns the
-/// verified object.
+/// The work of one flight, start to end.
+async fn download<S>(
+    key: ObjectKey,
+    cache: TieredCache,
+    source: S,
+    progress: watch::Sender<Progress>,
+    metrics: Metrics,
+) where
+    S: Future<Output = Result<Source, SourceError>>,
+{
+    if let Some(done) = recheck(&key, &cache).await {
+        progress.send_replace(done);
+        return;
+    }
+    match transfer(&key, &cache, source, &progress).await {
+        Ok((verified, origin)) => {
+            progress.send_modify(|state| {
+                if let Progress::Streaming { view, origin, .. } = state {
+                    *state = Progress::Done {
+                        view: view.clone(),
+                        size: verified.meta().size,
+                        origin: *origin,
+                    };
+                }
+            });
+            let stored = match origin {
+                Origin::Shared => cache.store_local(&verified).await,
+                _ => cache.store(&verified).await,
+            };
+            if let Err(e) = stored {
+                tracing::error!(digest = %key.digest, error = %e, "could not cache a verified download");
+            }
+        }
+        Err(e) => {
+            if matches!(e, FlightError::Mismatch(_)) {
+                metrics.digest_mismatches.with_label_values(&["blob"]).inc();
+            }
+            tracing::warn!(digest = %key.digest, error = %e, "download failed; nothing cached");
+            progress.send_replace(Progress::Failed(e));
+        }
+    }
+}
+
+/// The hand-off re-check: the object as a finished download, when a tier
+/// holds it after all.
+async fn recheck(key: &ObjectKey, cache: &TieredCache) -> Option<Progress> {
+    let (object, tier) = cache.lookup(key).await.ok()??;
+    let size = object.meta.size;
+    let view = match object.content {
+        Content::Memory(bytes) => bytes,
+        Content::File(file) => map_file(&file, size).ok()?,
+    };
+    Some(Progress::Done {
+        view,
+        size,
+        origin: Origin::Cached(tier),
+    })
+}
+
+fn cache_error(e: CacheError) -> FlightError {
+    FlightError::Cache(Arc::new(e))
+}
+
+fn write_error(context: &str) -> impl FnOnce(io::Error) -> FlightError + '_ {
+    move |source| {
+        cache_error(CacheError::Io {
+            tier: "disk",
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Copies the source into a temporary file, hashing as it goes, and
+/// returns the verified object.
 async fn transfer<S>(
     key: &ObjectKey,
     cache: &TieredCache,
     source: S,
-    tx: &Arc<watch::Sender<Progress>>,
-    flight: &Flight,
-) -> Result<(Verified, bool), FlightError>
+    progress: &watch::Sender<Progress>,
+) -> Result<(Verified, Origin), FlightError>
 where
     S: Future<Output = Result<Source, SourceError>>,
 {
     let source = source.await.map_err(FlightError::Source)?;
-    flight.from_shared.store(source.shared, Ordering::Release);
-    let shared = source.shared;
-    let cache_error = |e: CacheError| FlightError::Cache(Arc::new(e));
-    let temp = cache.disk().create_temp().map_err(cache_error)?;
-    let file = temp.file().clone();
-    tx.send_replace(Progress::Streaming {
-        file: file.clone(),
+    let origin = match source.shared {
+        true => Origin::Shared,
+        false => Origin::Upstream,
+    };
+    let temp = cache
+        .disk()
+        .create_temp(source.size)
+        .await
+        .map_err(cache_error)?;
+    let view = match source.size {
+        Some(size) => map_file(temp.file(), size).map_err(write_error("mapping a download"))?,
+        None => Bytes::new(),
+    };
+    progress.send_replace(Progress::Streaming {
+        view,
         size: source.size,
         written: 0,
+        origin,
     });
 
-    // A blocking thread writes and hashes; this task only moves bytes.
-    let (chunks, mut received) = mpsc::channel::<Bytes>(16);
-    let writer_tx = tx.clone();
-    let algorithm = key.digest.algorithm();
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Hasher, u64)> {
-        let mut hasher = Hasher::new(algorithm);
-        let mut written = 0u64;
-        while let Some(chunk) = received.blocking_recv() {
-            (&*file).write_all(&chunk)?;
-            hasher.update(&chunk);
-            written += chunk.len() as u64;
-            writer_tx.send_modify(|p| {
-                if let Progress::Streaming { written: w, .. } = p {
-                    *w = written;
-                }
-            });
-        }
-        Ok((hasher, written))
-    });
-
+    let mut writer = Writer::new(
+        temp.file().clone(),
+        source.size,
+        Hasher::new(key.digest.algorithm()),
+    );
     let mut body = source.body;
-    let mut failure = None;
+    let mut batch = Vec::new();
+    let mut batch_len = 0;
     while let Some(item) = body.next().await {
-        match item {
-            Ok(chunk) => {
-                if chunks.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
+        let chunk = item.map_err(FlightError::Source)?;
+        batch_len += chunk.len();
+        batch.push(chunk);
+        if let Some(size) = source.size
+            && writer.queued + batch_len as u64 > size
+        {
+            let message = format!("the source sent more than the {size} bytes it announced");
+            return Err(FlightError::Source(Arc::new(io::Error::other(message))));
+        }
+        // Hand the batch over as soon as the pool is free, so readers see
+        // bytes at once; a busy pool lets the batch grow to `BATCH`.
+        if batch_len >= BATCH || !writer.busy() {
+            writer.settle(progress).await?;
+            writer.start(std::mem::take(&mut batch));
+            batch_len = 0;
         }
     }
-    drop(chunks);
-    let (hasher, written) = writer
-        .await
-        .map_err(|e| {
-            cache_error(CacheError::Other {
-                tier: "disk",
-                message: e.to_string(),
-            })
-        })?
-        .map_err(|source| {
-            cache_error(CacheError::Io {
-                tier: "disk",
-                context: "writing a download".into(),
-                source,
-            })
-        })?;
-    if let Some(e) = failure {
-        return Err(FlightError::Source(e));
+    writer.settle(progress).await?;
+    if !batch.is_empty() {
+        writer.start(batch);
+        writer.settle(progress).await?;
     }
-    let verified = Verified::file(key.clone(), hasher.finish(), written, temp)
-        .map_err(FlightError::Mismatch)?;
-    Ok((verified, shared))
+    let (hashed, written) = writer.finish();
+    let verified =
+        Verified::file(key.clone(), hashed, written, temp).map_err(FlightError::Mismatch)?;
+    Ok((verified, origin))
+}
+
+/// Writes and hashes a download on the file pool, one batch at a time.
+struct Writer {
+    file: Arc<File>,
+    size: Option<u64>,
+    /// Bytes written and hashed, and so readable.
+    written: u64,
+    /// Bytes handed to the pool, written or not.
+    queued: u64,
+    hasher: Option<Hasher>,
+    job: Option<JoinHandle<io::Result<Hasher>>>,
+}
+
+impl Writer {
+    fn new(file: Arc<File>, size: Option<u64>, hasher: Hasher) -> Self {
+        Writer {
+            file,
+            size,
+            written: 0,
+            queued: 0,
+            hasher: Some(hasher),
+            job: None,
+        }
+    }
+
+    /// Whether a batch is still being written.
+    fn busy(&self) -> bool {
+        self.job.as_ref().is_some_and(|job| !job.is_finished())
+    }
+
+    /// Starts writing `batch` after what was queued before. Call `settle`
+    /// first: batches are written one at a time, in order.
+    fn start(&mut self, batch: Vec<Bytes>) {
+        let mut hasher = self.hasher.take().expect("settled before the next batch");
+        let (file, mut offset) = (self.file.clone(), self.queued);
+        self.queued += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.job = Some(tokio::spawn(async move {
+            blocking::run(move || {
+                for piece in &batch {
+                    file.write_all_at(piece, offset)?;
+                    hasher.update(piece);
+                    offset += piece.len() as u64;
+                }
+                Ok(hasher)
+            })
+            .await?
+        }));
+    }
+
+    /// Waits for the batch being written, then lets readers see it.
+    async fn settle(&mut self, progress: &watch::Sender<Progress>) -> Result<(), FlightError> {
+        let Some(job) = self.job.take() else {
+            return Ok(());
+        };
+        let hasher = job
+            .await
+            .map_err(io::Error::other)
+            .and_then(|written| written)
+            .map_err(write_error("writing a download"))?;
+        self.hasher = Some(hasher);
+        self.written = self.queued;
+        // Without a known size the file grows: map what is written so far.
+        let grown = match self.size {
+            None => Some(
+                map_file(&self.file, self.written).map_err(write_error("mapping a download"))?,
+            ),
+            Some(_) => None,
+        };
+        let written = self.written;
+        progress.send_modify(|state| {
+            if let Progress::Streaming {
+                view, written: w, ..
+            } = state
+            {
+                *w = written;
+                if let Some(grown) = grown {
+                    *view = grown;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The digest of everything written, and its length.
+    fn finish(mut self) -> (crate::digest::Digest, u64) {
+        let hasher = self.hasher.take().expect("settled before finishing");
+        (hasher.finish(), self.written)
+    }
 }

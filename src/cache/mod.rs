@@ -1,11 +1,13 @@
 //! The content-addressed cache: tiers behind one [`Tier`] trait, composed by
 //! [`TieredCache`], plus [`Flights`], which turns concurrent misses into one
-//! download that every waiting client streams from as it progresses.
+//! download that every waiting client streams from as it progresses, and
+//! the bounded pool that all blocking file work runs on.
 //!
 //! The contract every tier keeps: an object is stored only as a [`Verified`]
 //! value, which can only be made by checking bytes against their digest; and
 //! a lookup returns either the whole object or nothing.
 
+mod blocking;
 mod disk;
 mod flight;
 mod memory;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use disk::{DiskTier, TempFile};
-pub use flight::{Flight, FlightError, Flights, Source, SourceError};
+pub use flight::{Flight, FlightError, Flights, Origin, Source, SourceError};
 pub use memory::MemoryTier;
 pub use read::{ByteStream, read_whole};
 pub use s3::{S3StartError, S3Tier};

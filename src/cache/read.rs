@@ -1,8 +1,12 @@
-//! Streaming reads of cached files and of downloads still in progress.
+//! Reading cached files and downloads in progress.
 //!
-//! Each response body is fed by one blocking thread that `pread`s chunks and
-//! hands them over a small bounded channel, so a body never holds more than
-//! a few chunks in memory, however large the file.
+//! Complete files are served from a memory map, so their bytes go from the
+//! page cache to the socket with no copy into buffers of ours. A download
+//! in progress is mapped too (see `flight.rs`), and each client following
+//! it is a small async state machine that slices that one shared map as
+//! far as the download allows: no thread, no buffer and no system call per
+//! client, so a thousand clients waiting on one download cost about what
+//! their connections cost.
 
 use std::fs::File;
 use std::io;
@@ -10,19 +14,20 @@ use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use super::blocking;
 use super::flight::Progress;
 
 /// A response body's bytes; an `Err` item aborts the client connection.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
-/// Largest chunk read at once.
+/// Largest piece handed to a connection at once. Pieces are slices of a
+/// map, so their size costs no memory; it bounds how long one client's
+/// write can take before its task yields.
 const CHUNK: u64 = 1024 * 1024;
-/// Chunks queued between the reading thread and the connection.
-const QUEUE: usize = 4;
 
 /// Reads a whole small file into memory.
 pub fn read_all(file: &File, size: u64) -> io::Result<Bytes> {
@@ -31,83 +36,96 @@ pub fn read_all(file: &File, size: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// Reads a whole small file into memory, off the async threads.
+/// Reads a whole small file into memory, on the bounded file pool.
 pub async fn read_whole(file: Arc<File>, size: u64) -> io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || read_all(&file, size))
-        .await
-        .map_err(io::Error::other)?
+    blocking::run(move || read_all(&file, size)).await?
 }
 
-/// Maps a complete cached file, so its bytes go from the page cache to the
-/// socket with no copy into buffers of ours.
-pub fn map_file(file: &File, size: u64) -> io::Result<Bytes> {
-    if size == 0 {
+/// Maps the first `len` bytes of a file. The file must be at least `len`
+/// bytes long and never be truncated while the map lives: cached files and
+/// downloads are only ever written and unlinked, never shortened.
+pub fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
+    if len == 0 {
         return Ok(Bytes::new());
     }
-    // SAFETY: cached files are immutable. They are written under a temporary
-    // name, fsynced, linked into place and never written or truncated again;
-    // removing one only unlinks it, which leaves an existing mapping intact.
+    // SAFETY: cached files are immutable once linked into place, and a
+    // download's temporary file only grows (or is sized up front) and is
+    // never truncated; removing either only unlinks it, which leaves an
+    // existing mapping intact. Bytes not yet written read as zeros, and
+    // readers never look past what the download has verified or written.
     let map = unsafe {
         memmap2::MmapOptions::new()
-            .len(usize::try_from(size).map_err(io::Error::other)?)
+            .len(usize::try_from(len).map_err(io::Error::other)?)
             .map(file)?
     };
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Bytes::from_owner(map))
 }
 
-/// Streams bytes `start..end` of a file a download is still writing, as
-/// `progress` allows (`end` is clamped to the final size; `u64::MAX` reads
-/// to the end).
-pub(super) fn stream_growing(
-    file: Arc<File>,
-    start: u64,
-    end: u64,
-    progress: watch::Receiver<Progress>,
-) -> ByteStream {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = pump(&file, start, end, progress, &tx, &runtime) {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+/// Streams bytes `start..end` of a download as its `progress` allows
+/// (`end` is clamped to the final size; `u64::MAX` reads to the end).
+pub(super) fn follow(progress: watch::Receiver<Progress>, start: u64, end: u64) -> ByteStream {
+    let follower = Follower {
+        progress,
+        pos: start,
+        end,
+        finished: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        follower,
+        |mut follower| async move {
+            if follower.finished {
+                return None;
+            }
+            match follower.next_piece().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), follower)),
+                Ok(None) => None,
+                Err(e) => {
+                    follower.finished = true;
+                    Some((Err(e), follower))
+                }
+            }
+        },
+    ))
 }
 
-/// Reads and sends until `end`, waiting for the download where needed.
-/// Returns `Ok` also when the client went away.
-fn pump(
-    file: &File,
-    mut pos: u64,
-    mut end: u64,
-    mut progress: watch::Receiver<Progress>,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    runtime: &tokio::runtime::Handle,
-) -> io::Result<()> {
-    loop {
-        let state = progress.borrow_and_update().clone();
-        let (readable, size) = state.readable().map_err(io::Error::other)?;
-        if let Some(size) = size {
-            end = end.min(size);
-        }
-        if pos >= end {
-            return Ok(());
-        }
-        if pos >= readable {
-            if runtime.block_on(progress.changed()).is_err() {
+/// One client's place in a download.
+struct Follower {
+    progress: watch::Receiver<Progress>,
+    pos: u64,
+    end: u64,
+    finished: bool,
+}
+
+impl Follower {
+    /// The next piece, waiting for the download where needed; `None` at
+    /// the end.
+    async fn next_piece(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            let (view, readable, size) = {
+                let state = self.progress.borrow_and_update();
+                let (readable, size) = state.readable().map_err(io::Error::other)?;
+                (state.view().cloned(), readable, size)
+            };
+            if let Some(size) = size {
+                self.end = self.end.min(size);
+            }
+            if self.pos >= self.end {
+                return Ok(None);
+            }
+            if let Some(view) = view.filter(|_| self.pos < readable) {
+                let stop = readable.min(self.end).min(self.pos + CHUNK);
+                let piece = view.slice(self.pos as usize..stop as usize);
+                self.pos = stop;
+                return Ok(Some(piece));
+            }
+            // A closed channel is the run's end: only a finished download
+            // may still be read from; anything else was abandoned.
+            if self.progress.changed().await.is_err()
+                && !matches!(*self.progress.borrow(), Progress::Done { .. })
+            {
                 return Err(io::Error::other("the download was abandoned"));
             }
-            continue;
-        }
-        let len = (readable.min(end) - pos).min(CHUNK) as usize;
-        let mut buf = BytesMut::zeroed(len);
-        file.read_exact_at(&mut buf, pos)?;
-        pos += len as u64;
-        if tx.blocking_send(Ok(buf.freeze())).is_err() {
-            return Ok(());
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 
 use super::{Outcome, Registry, RegistryError};
-use crate::cache::{Content, Flight, FlightError, ObjectKey, S3Tier, Source, SourceError};
+use crate::cache::{Content, Flight, FlightError, ObjectKey, Origin, S3Tier, Source, SourceError};
 use crate::digest::Digest;
 use crate::reference::RepoName;
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
@@ -18,7 +18,7 @@ pub enum BlobBody {
     /// A cache hit.
     Cached(Content),
     /// A download in progress, possibly shared with other clients.
-    Download(Arc<Flight>),
+    Download(Flight),
 }
 
 /// A blob answer.
@@ -60,7 +60,7 @@ impl Registry {
         }
         if !want_body {
             if let Some(flight) = self.inner.blob_flights.get(&key)
-                && let Ok(Some(size)) = flight.ready().await
+                && let Ok((Some(size), _)) = flight.ready().await
             {
                 return Ok(BlobReply {
                     size: Some(size),
@@ -87,6 +87,7 @@ impl Registry {
                 outcome: Outcome::Miss,
             });
         }
+        self.handoff(&key).await;
         let source = download(
             self.inner.cache.shared().cloned(),
             upstream.clone(),
@@ -97,11 +98,11 @@ impl Registry {
             self.inner
                 .blob_flights
                 .join_or_start(key, self.inner.cache.clone(), source);
-        let size = flight.ready().await.map_err(|e| flight_error(e, digest))?;
-        let outcome = if flight.from_shared() {
-            Outcome::Hit("s3")
-        } else {
-            Outcome::fetched(joined)
+        let (size, origin) = flight.ready().await.map_err(|e| flight_error(e, digest))?;
+        let outcome = match origin {
+            Origin::Shared => Outcome::Hit("s3"),
+            Origin::Cached(tier) => Outcome::Hit(tier),
+            Origin::Upstream => Outcome::fetched(joined),
         };
         Ok(BlobReply {
             size,

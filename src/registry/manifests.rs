@@ -110,47 +110,58 @@ impl Registry {
                 });
             }
         }
-        let (verified, joined) = self.fetch_manifest(upstream, repo, key).await?;
-        let body = match verified.payload() {
-            crate::cache::Payload::Bytes(bytes) => bytes.clone(),
-            _ => unreachable!("manifests are fetched whole"),
+        self.handoff(&key).await;
+        let (reply, joined) = self.fetch_manifest(upstream, repo, key).await?;
+        let outcome = match reply.outcome {
+            Outcome::Miss => Outcome::fetched(joined),
+            other => other,
         };
         Ok(ManifestReply {
-            digest: digest.clone(),
-            media_type: verified
-                .meta()
-                .media_type
-                .clone()
-                .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
-            size: verified.meta().size,
-            body: want_body.then_some(body),
-            outcome: Outcome::fetched(joined),
+            body: reply.body.filter(|_| want_body),
+            outcome,
+            ..reply
         })
     }
 
     /// GETs a manifest by digest once for all concurrent callers, verifies
-    /// and stores it.
+    /// and stores it. The run first looks in the cache again (the
+    /// single-flight's hand-off re-check), so a caller that missed just
+    /// before another run stored the manifest spends no second pull.
     async fn fetch_manifest(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         key: ObjectKey,
-    ) -> Result<(Verified, bool), RegistryError> {
+    ) -> Result<(ManifestReply, bool), RegistryError> {
         let (this, upstream, repo) = (self.clone(), upstream.clone(), repo.clone());
         let work_key = key.clone();
         let (result, joined) = self
             .inner
             .manifest_fetches
             .run(key, async move {
-                let digest = work_key.digest.as_str();
+                let digest = &work_key.digest;
+                if let Some((object, tier)) = this.cached(&work_key).await {
+                    return reply_from_object(digest, object, true, Outcome::Hit(tier)).await;
+                }
                 let (head, body) = upstream
-                    .get_manifest(&repo, digest, ALL_MANIFEST_TYPES)
+                    .get_manifest(&repo, digest.as_str(), ALL_MANIFEST_TYPES)
                     .await
-                    .map_err(not_found(digest))?;
-                let verified = Verified::bytes(work_key, Some(head.media_type), body)
-                    .map_err(|e| this.mismatch(&upstream, e))?;
+                    .map_err(not_found(digest.as_str()))?;
+                let verified =
+                    Verified::bytes(work_key.clone(), Some(head.media_type), body.clone())
+                        .map_err(|e| this.mismatch(&upstream, e))?;
                 store_logged(&this, &verified).await;
-                Ok(verified)
+                Ok(ManifestReply {
+                    digest: digest.clone(),
+                    media_type: verified
+                        .meta()
+                        .media_type
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
+                    size: verified.meta().size,
+                    body: Some(body),
+                    outcome: Outcome::Miss,
+                })
             })
             .await;
         Ok((result??, joined))

@@ -7,7 +7,8 @@
 
 mod accept;
 mod blobs;
-mod coalesce;
+#[cfg(test)]
+mod handoff_tests;
 mod manifests;
 mod tags;
 
@@ -15,13 +16,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet};
 pub use blobs::{BlobBody, BlobReply};
-pub use coalesce::{Abandoned, SingleFlight};
 pub use manifests::ManifestReply;
 pub use tags::{TagKey, TagRecord, TagStore, now_ms};
 
-use crate::cache::{CacheError, Flights, TieredCache, Verified};
+use crate::cache::{CacheError, Flights, ObjectKey, TieredCache};
 use crate::digest::DigestMismatch;
 use crate::metrics::Metrics;
 use crate::reference::RepoName;
@@ -116,10 +117,13 @@ struct Inner {
     cache: TieredCache,
     tags: TagStore,
     blob_flights: Flights,
-    manifest_fetches: SingleFlight<crate::cache::ObjectKey, Result<Verified, RegistryError>>,
-    tag_checks: SingleFlight<TagKey, Result<manifests::TagCheck, RegistryError>>,
+    manifest_fetches: SingleFlight<ObjectKey, Option<Result<ManifestReply, RegistryError>>>,
+    tag_checks: SingleFlight<TagKey, Option<Result<manifests::TagCheck, RegistryError>>>,
     stale_retry: Duration,
     metrics: Metrics,
+    /// Where tests park a request between its cache miss and its fetch.
+    #[cfg(test)]
+    handoff: handoff_tests::Hook,
 }
 
 impl Registry {
@@ -148,6 +152,8 @@ impl Registry {
             tag_checks: SingleFlight::default(),
             stale_retry,
             metrics,
+            #[cfg(test)]
+            handoff: Default::default(),
         };
         Ok(Registry {
             inner: Arc::new(inner),
@@ -203,4 +209,17 @@ impl Registry {
         tracing::error!(upstream = upstream.name(), error = %e, "digest mismatch; nothing stored");
         RegistryError::DigestMismatch(e)
     }
+}
+
+impl Registry {
+    /// The point between a request's cache miss and its joining or starting
+    /// a fetch, where the single-flight's hand-off re-check matters; tests
+    /// park requests here.
+    #[cfg(test)]
+    async fn handoff(&self, key: &ObjectKey) {
+        self.inner.handoff.pause(key).await;
+    }
+
+    #[cfg(not(test))]
+    async fn handoff(&self, _key: &ObjectKey) {}
 }
