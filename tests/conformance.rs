@@ -91,13 +91,19 @@ async fn pull_blobs() {
     let config = &p.manifests[0].config;
     let digest = sha256_digest(config);
     for method in ["HEAD", "GET"] {
-        let missing = p.ask(method, &format!("blobs/{}", dummy_digest()), false).await;
+        let missing = p
+            .ask(method, &format!("blobs/{}", dummy_digest()), false)
+            .await;
         expect_error(&missing, method, 404, "BLOB_UNKNOWN");
 
         let existing = p.ask(method, &format!("blobs/{digest}"), false).await;
         assert_eq!(existing.status, 200, "{method}");
         assert_eq!(existing.header("docker-content-digest"), digest);
-        let expected = if method == "GET" { config.clone() } else { Bytes::new() };
+        let expected = if method == "GET" {
+            config.clone()
+        } else {
+            Bytes::new()
+        };
         assert_eq!(existing.body, expected);
     }
 }
@@ -106,17 +112,24 @@ async fn pull_blobs() {
 async fn pull_manifests() {
     let p = pushed().await;
     for method in ["HEAD", "GET"] {
-        let missing = p.ask(method, &format!("manifests/{NONEXISTENT_MANIFEST}"), false).await;
+        let missing = p
+            .ask(method, &format!("manifests/{NONEXISTENT_MANIFEST}"), false)
+            .await;
         expect_error(&missing, method, 404, "MANIFEST_UNKNOWN");
 
         for m in &p.manifests {
-            let by_digest = p.ask(method, &format!("manifests/{}", m.digest), true).await;
+            let by_digest = p
+                .ask(method, &format!("manifests/{}", m.digest), true)
+                .await;
             assert_eq!(by_digest.status, 200, "{method}");
             assert_eq!(by_digest.header("docker-content-digest"), m.digest);
         }
         let by_tag = p.ask(method, &format!("manifests/{TAG}"), true).await;
         assert_eq!(by_tag.status, 200, "{method}");
-        assert_eq!(by_tag.header("docker-content-digest"), p.manifests[0].digest);
+        assert_eq!(
+            by_tag.header("docker-content-digest"),
+            p.manifests[0].digest
+        );
         if method == "GET" {
             assert_eq!(by_tag.body, p.manifests[0].manifest);
             assert_eq!(by_tag.header("content-type"), OCI_MANIFEST);
@@ -134,7 +147,12 @@ async fn invalid_references_are_unknown_for_head_and_get_without_asking_upstream
         "sha256:abc",
         "md5:d41d8cd98f00b204e9800998ecf8427e",
     ];
-    let blobs = ["sha256:totallywrong", "notadigest", "sha256:XYZ", "md5:d41d8cd98f00b204e9800998ecf8427e"];
+    let blobs = [
+        "sha256:totallywrong",
+        "notadigest",
+        "sha256:XYZ",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+    ];
     for method in ["HEAD", "GET"] {
         for reference in manifests {
             let answer = p.ask(method, &format!("manifests/{reference}"), true).await;

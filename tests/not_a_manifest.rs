@@ -6,7 +6,8 @@
 mod support;
 
 use bytes::Bytes;
-use support::client::Client;
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
+use support::client::{Answer, Client};
 use support::hubsim::{Fault, FaultTarget, HubSim, OCI_MANIFEST, SimImage};
 use support::proxy::{Proxy, config};
 use support::random_bytes;
@@ -34,11 +35,25 @@ async fn world() -> World {
 }
 
 impl World {
-    /// Asks for `repo:reference` by GET and HEAD and expects a 502 that
-    /// names the upstream, with nothing stored.
+    /// `method` on a manifest, accepting any media type (as `crane` and
+    /// `curl` do), so the simulator serves whatever the tag holds.
+    async fn ask(&self, method: &str, repo: &str, reference: &str) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        self.client.send(method, &path, headers).await.unwrap()
+    }
+
+    /// Asks for `repo:reference` and expects a 502 that names the upstream,
+    /// with nothing stored.
     async fn refused(&self, repo: &str, reference: &str) {
-        let answer = self.client.manifest(repo, reference).await;
-        assert_eq!(answer.status, 502, "{:?}", String::from_utf8_lossy(&answer.body));
+        let answer = self.ask("GET", repo, reference).await;
+        assert_eq!(
+            answer.status,
+            502,
+            "{:?}",
+            String::from_utf8_lossy(&answer.body)
+        );
         assert_eq!(answer.error_code(), "UNAVAILABLE");
         let message = String::from_utf8_lossy(&answer.body).into_owned();
         assert!(message.contains("upstream docker.io"), "{message}");
@@ -51,7 +66,10 @@ impl World {
         let answer = self.client.manifest(repo, reference).await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, image.manifest);
-        assert_eq!(answer.header("docker-content-digest"), image.manifest_digest);
+        assert_eq!(
+            answer.header("docker-content-digest"),
+            image.manifest_digest
+        );
         support::wait_until(|| self.proxy.cached_files() >= 1).await;
     }
 }
@@ -60,8 +78,9 @@ impl World {
 async fn an_html_page_answered_200_is_not_a_manifest() {
     let w = world().await;
     let html = Bytes::from_static(HTML.as_bytes());
-    w.sim.put_manifest("library/web", Some("1"), "text/html", html.clone());
-    let head = w.client.manifest_head("web", "1").await;
+    w.sim
+        .put_manifest("library/web", Some("1"), "text/html", html.clone());
+    let head = w.ask("HEAD", "web", "1").await;
     assert_eq!(head.status, 502, "a HEAD is refused on its Content-Type");
     w.refused("web", "1").await;
     // Labelled as a manifest, an HTML body is refused on its bytes.
@@ -99,7 +118,9 @@ async fn a_truncated_json_is_not_a_manifest_even_when_its_digest_matches() {
 #[tokio::test]
 async fn a_redirect_that_cannot_be_followed_is_not_a_manifest() {
     let w = world().await;
-    let image = w.sim.push_image("library/bare", "1", &[random_bytes(10, 3)]);
+    let image = w
+        .sim
+        .push_image("library/bare", "1", &[random_bytes(10, 3)]);
     // The HEAD of the tag, then the GET by digest, answer a bare 307.
     w.sim
         .set_fault(FaultTarget::Manifests, Fault::BareRedirect, Some(1));
@@ -120,7 +141,9 @@ async fn a_redirect_that_cannot_be_followed_is_not_a_manifest() {
 #[tokio::test]
 async fn an_endless_redirect_stops_at_the_hop_limit() {
     let w = world().await;
-    let image = w.sim.push_image("library/loop", "1", &[random_bytes(10, 4)]);
+    let image = w
+        .sim
+        .push_image("library/loop", "1", &[random_bytes(10, 4)]);
     w.sim
         .set_fault(FaultTarget::Manifests, Fault::RedirectLoop, None);
     w.refused("loop", "1").await;
@@ -133,7 +156,11 @@ async fn an_endless_redirect_stops_at_the_hop_limit() {
     let looped = requests
         .iter()
         .filter(|r| r.ends_with("HEAD /v2/library/loop/manifests/1"));
-    assert_eq!(looped.count() as u64, heads, "a relative Location: {requests:?}");
+    assert_eq!(
+        looped.count() as u64,
+        heads,
+        "a relative Location: {requests:?}"
+    );
 
     w.sim.clear_faults();
     w.served("loop", "1", &image).await;

@@ -92,9 +92,12 @@ async fn a_cold_pull_follows_every_redirect_and_a_warm_pull_asks_nothing() {
     let name = format!("{K8S}/pause");
 
     assert_eq!(client.pull(&name, "3.9").await, k.pause.digest);
-    assert!(k.seen("front", "GET /v2/pause/manifests/3.9") >= 1);
-    let target = format!("/v2/{PREFIX}/pause/manifests/");
-    assert!(k.seen("registry", &target) >= 1, "{:?}", k.sim.requests());
+    // The tag by a free HEAD, the manifest by digest, both redirected.
+    let by_digest = format!("/v2/pause/manifests/{}", k.pause.digest);
+    assert_eq!(k.seen("front", "HEAD /v2/pause/manifests/3.9"), 1);
+    assert_eq!(k.seen("front", &format!("GET {by_digest}")), 1);
+    let target = format!("GET /v2/{PREFIX}/pause/manifests/{}", k.pause.digest);
+    assert_eq!(k.seen("registry", &target), 1, "{:?}", k.sim.requests());
     // The token was for the scope the target named, not pullthrough's name.
     assert!(k.seen("realm", "k8s-artifacts-prod") >= 1);
     assert_eq!(k.seen("realm", "repository%3Apause%3A"), 0);

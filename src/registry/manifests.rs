@@ -152,9 +152,8 @@ impl Registry {
                     .get_manifest(&repo, digest, ALL_MANIFEST_TYPES)
                     .await
                     .map_err(not_found(digest))?;
-                let verified =
-                    Verified::bytes(work_key, Some(manifest.media_type), manifest.body)
-                        .map_err(|e| this.mismatch(&upstream, e))?;
+                let verified = Verified::bytes(work_key, Some(manifest.media_type), manifest.body)
+                    .map_err(|e| this.mismatch(&upstream, e))?;
                 store_logged(&this, &verified).await;
                 Ok(verified)
             })

@@ -179,7 +179,8 @@ impl Authenticator {
             Some(Scheme::Basic) => Ok(self.basic_header(origin)),
             Some(Scheme::Bearer { realm, service }) => {
                 let key = token_key(origin, &realm, service.as_deref(), scope);
-                let fetch = self.fetch_token(client, origin, &realm, service.as_deref(), scope, timeout);
+                let fetch =
+                    self.fetch_token(client, origin, &realm, service.as_deref(), scope, timeout);
                 let token = self
                     .tokens
                     .try_get_with(key, fetch)
@@ -335,17 +336,28 @@ mod tests {
         auth.learn(home, &Challenge::Basic);
         let at_home = auth.authorization(&client, home, "", timeout).await;
         assert!(matches!(at_home, Ok(Some(_))));
-        assert_eq!(auth.authorization(&client, other, "", timeout).await, Ok(None));
+        assert_eq!(
+            auth.authorization(&client, other, "", timeout).await,
+            Ok(None)
+        );
         // Basic asked for by another origin still gets no credentials.
         auth.learn(other, &Challenge::Basic);
-        assert_eq!(auth.authorization(&client, other, "", timeout).await, Ok(None));
+        assert_eq!(
+            auth.authorization(&client, other, "", timeout).await,
+            Ok(None)
+        );
     }
 
     #[test]
     fn token_keys_name_the_origin_and_the_realm() {
         let a = token_key("https://a", "https://auth/token", None, "repository:x:pull");
         let b = token_key("https://b", "https://auth/token", None, "repository:x:pull");
-        let c = token_key("https://a", "https://other/token", None, "repository:x:pull");
+        let c = token_key(
+            "https://a",
+            "https://other/token",
+            None,
+            "repository:x:pull",
+        );
         assert_ne!(a, b);
         assert_ne!(a, c);
     }

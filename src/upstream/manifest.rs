@@ -138,7 +138,11 @@ fn check_media_type(object: &Map<String, Value>, served: &str) -> Result<(), Not
 /// Checks what a HEAD can tell: the `Content-Type` of a manifest is JSON
 /// (or signed schema 1), never a web page's.
 pub fn check_type(media_type: &str) -> Result<(), NotAManifest> {
-    if is_json_type(media_type) || SCHEMA1_TYPES.iter().any(|t| media_type.eq_ignore_ascii_case(t)) {
+    if is_json_type(media_type)
+        || SCHEMA1_TYPES
+            .iter()
+            .any(|t| media_type.eq_ignore_ascii_case(t))
+    {
         Ok(())
     } else {
         Err(NotAManifest::NotJson(format!("served as {media_type:?}")))
@@ -161,32 +165,76 @@ mod tests {
 
     #[test]
     fn manifests_pass_with_their_exact_bytes_and_type() {
-        let body = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{}},"layers":[]}}"#);
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{}},"layers":[]}}"#
+        );
         let m = ok(DOCKER_MANIFEST, &body).unwrap();
         assert_eq!(m.body, body.as_bytes());
         assert_eq!(m.digest, Digest::sha256_of(body.as_bytes()));
-        assert!(ok(OCI_MANIFEST, r#"{"schemaVersion":2,"config":{},"layers":[]}"#).is_ok());
+        assert!(
+            ok(
+                OCI_MANIFEST,
+                r#"{"schemaVersion":2,"config":{},"layers":[]}"#
+            )
+            .is_ok()
+        );
         assert!(ok(OCI_INDEX, r#"{"schemaVersion":2,"manifests":[]}"#).is_ok());
         let schema1 = r#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
         assert!(ok(SCHEMA1_TYPES[1], schema1).is_ok());
-        assert!(ok("application/vnd.example.custom+json", r#"{"hello":"world"}"#).is_ok());
+        assert!(
+            ok(
+                "application/vnd.example.custom+json",
+                r#"{"hello":"world"}"#
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn what_is_not_a_manifest_is_refused() {
         let html = "<html><body>Temporary Redirect</body></html>";
-        assert!(matches!(ok("text/html", html), Err(NotAManifest::NotJson(_))));
-        assert!(matches!(ok(OCI_MANIFEST, html), Err(NotAManifest::NotJson(_))));
-        assert!(matches!(ok(OCI_MANIFEST, r#"{"schemaVersion":2,"config""#), Err(NotAManifest::NotJson(_))));
-        assert!(matches!(ok(OCI_MANIFEST, "[]"), Err(NotAManifest::NotJson(_))));
+        assert!(matches!(
+            ok("text/html", html),
+            Err(NotAManifest::NotJson(_))
+        ));
+        assert!(matches!(
+            ok(OCI_MANIFEST, html),
+            Err(NotAManifest::NotJson(_))
+        ));
+        assert!(matches!(
+            ok(OCI_MANIFEST, r#"{"schemaVersion":2,"config""#),
+            Err(NotAManifest::NotJson(_))
+        ));
+        assert!(matches!(
+            ok(OCI_MANIFEST, "[]"),
+            Err(NotAManifest::NotJson(_))
+        ));
         let wrong = format!(r#"{{"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
-        assert!(matches!(ok(OCI_MANIFEST, &wrong), Err(NotAManifest::MediaType { .. })));
-        assert!(matches!(ok(DOCKER_MANIFEST, r#"{"schemaVersion":2}"#), Err(NotAManifest::MissingMediaType(_))));
-        assert!(matches!(ok(OCI_INDEX, r#"{"schemaVersion":2,"config":{}}"#), Err(NotAManifest::Shape(_))));
-        assert!(matches!(ok(OCI_MANIFEST, r#"{"schemaVersion":1}"#), Err(NotAManifest::Schema1(_))));
+        assert!(matches!(
+            ok(OCI_MANIFEST, &wrong),
+            Err(NotAManifest::MediaType { .. })
+        ));
+        assert!(matches!(
+            ok(DOCKER_MANIFEST, r#"{"schemaVersion":2}"#),
+            Err(NotAManifest::MissingMediaType(_))
+        ));
+        assert!(matches!(
+            ok(OCI_INDEX, r#"{"schemaVersion":2,"config":{}}"#),
+            Err(NotAManifest::Shape(_))
+        ));
+        assert!(matches!(
+            ok(OCI_MANIFEST, r#"{"schemaVersion":1}"#),
+            Err(NotAManifest::Schema1(_))
+        ));
         let error = r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#;
-        assert!(matches!(ok("application/json", error), Err(NotAManifest::ErrorDocument(_))));
-        assert!(matches!(ok("text/plain", r#"{"a":1}"#), Err(NotAManifest::NotJson(_))));
+        assert!(matches!(
+            ok("application/json", error),
+            Err(NotAManifest::ErrorDocument(_))
+        ));
+        assert!(matches!(
+            ok("text/plain", r#"{"a":1}"#),
+            Err(NotAManifest::NotJson(_))
+        ));
     }
 
     #[test]

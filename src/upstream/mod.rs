@@ -82,11 +82,12 @@ impl Upstreams {
             let base = Url::parse(cfg.url.trim_end_matches('/'))
                 .map_err(|e| UpstreamError::new(name, ErrorKind::Invalid, e.to_string()))?;
             let credentials = cfg.username.clone().zip(cfg.password.clone());
+            let auth = Authenticator::new(name, &base.origin().ascii_serialization(), credentials);
             let upstream = Upstream {
                 name: name.clone(),
                 base,
                 client: client.clone(),
-                auth: Authenticator::new(name, &base.origin().ascii_serialization(), credentials),
+                auth,
                 tag_ttl: config.tag_ttl_of(name),
                 request_timeout: config.timeouts.request,
                 library_namespace: name == crate::config::DOCKER_HUB,

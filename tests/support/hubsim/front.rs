@@ -28,7 +28,11 @@ pub(super) async fn handle(State(sim): State<Arc<Shared>>, req: Request) -> Resp
     }
     let path = percent_decode(req.uri().path(), false);
     let Some(rest) = path.strip_prefix("/v2") else {
-        return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "not a registry API path");
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "not a registry API path",
+        );
     };
     let rest = rest.trim_start_matches('/');
     if rest.is_empty() {

@@ -319,7 +319,11 @@ pub(super) fn redirect(location: Option<&str>) -> Response {
         "<a href=\"{}\">Temporary Redirect</a>.\n",
         location.unwrap_or("")
     );
-    let mut resp = with_body(StatusCode::TEMPORARY_REDIRECT, "text/html; charset=utf-8", body);
+    let mut resp = with_body(
+        StatusCode::TEMPORARY_REDIRECT,
+        "text/html; charset=utf-8",
+        body,
+    );
     if let Some(location) = location {
         set_header(resp.headers_mut(), "location", location);
     }
