@@ -44,9 +44,7 @@ impl ApiError {
             "pullthrough does not serve this endpoint",
         )
     }
-}
 
-impl ApiError {
     /// A manifest reference that is neither a tag nor a digest: no such
     /// manifest can exist, so 404 `MANIFEST_UNKNOWN`, as distribution answers
     /// and the OCI conformance suite expects (not 400 `TAG_INVALID`).

@@ -3,7 +3,12 @@
 //!
 //! Only registries named in the configuration are ever contacted: requests
 //! pick an [`Upstream`] by name from [`Upstreams`], never by a URL a client
-//! sent.
+//! sent. The only other hosts reached are those a configured registry
+//! redirects to or names as its token realm.
+//!
+//! Every request goes through one exchange (`exchange`) that follows
+//! redirects and runs the token flow at whichever host challenges; every
+//! manifest is checked to be one (`manifest`) before a caller can cache it.
 
 mod auth;
 mod error;
