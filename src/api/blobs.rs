@@ -22,7 +22,7 @@ pub async fn serve(
     let (upstream, repo) = resolve(state, query, name)?;
     let digest: Digest = digest
         .parse()
-        .map_err(crate::reference::ReferenceError::from)?;
+        .map_err(|e| ApiError::blob_reference(crate::reference::ReferenceError::from(e)))?;
     let reply = state
         .registry
         .blob(&upstream, &repo, &digest, !head)

@@ -44,6 +44,18 @@ impl ApiError {
             "pullthrough does not serve this endpoint",
         )
     }
+
+    /// A manifest reference that is neither a tag nor a digest: no such
+    /// manifest can exist, so 404 `MANIFEST_UNKNOWN`, as distribution answers
+    /// and the OCI conformance suite expects (not 400 `TAG_INVALID`).
+    pub fn manifest_reference(e: ReferenceError) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", e.to_string())
+    }
+
+    /// A blob reference that is not a digest: 404 `BLOB_UNKNOWN`, likewise.
+    pub fn blob_reference(e: ReferenceError) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", e.to_string())
+    }
 }
 
 impl From<ReferenceError> for ApiError {

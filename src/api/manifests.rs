@@ -18,7 +18,7 @@ pub async fn serve(
     head: bool,
 ) -> Result<Response, ApiError> {
     let (upstream, repo) = resolve(state, query, name)?;
-    let reference = Reference::parse(reference)?;
+    let reference = Reference::parse(reference).map_err(ApiError::manifest_reference)?;
     let accept = AcceptSet::from_headers(headers);
     let reply = state
         .registry

@@ -45,6 +45,11 @@ fn is_transient(e: &RegistryError) -> bool {
     matches!(e, RegistryError::Upstream(u) if u.is_transient())
 }
 
+/// Upstream sent something that is not a manifest (see `upstream::manifest`).
+fn is_not_a_manifest(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::Upstream(u) if u.kind == ErrorKind::Invalid)
+}
+
 impl Registry {
     /// Answers a manifest GET (`want_body`) or HEAD.
     pub async fn manifest(
@@ -143,12 +148,13 @@ impl Registry {
                 if let Some((object, tier)) = this.cached(&work_key).await {
                     return reply_from_object(digest, object, true, Outcome::Hit(tier)).await;
                 }
-                let (head, body) = upstream
+                let manifest = upstream
                     .get_manifest(&repo, digest.as_str(), ALL_MANIFEST_TYPES)
                     .await
                     .map_err(not_found(digest.as_str()))?;
+                let body = manifest.body.clone();
                 let verified =
-                    Verified::bytes(work_key.clone(), Some(head.media_type), body.clone())
+                    Verified::bytes(work_key.clone(), Some(manifest.media_type), manifest.body)
                         .map_err(|e| this.mismatch(&upstream, e))?;
                 store_logged(&this, &verified).await;
                 Ok(ManifestReply {
@@ -194,7 +200,7 @@ impl Registry {
             Some(r) if fresh(&r) => (r, None),
             known => {
                 let check = self
-                    .check_tag(upstream, repo, tag, accept, key, known)
+                    .check_tag(upstream, repo, tag, accept, key.clone(), known)
                     .await?;
                 (check.record, Some(check.outcome))
             }
@@ -219,6 +225,11 @@ impl Registry {
         {
             Err(e) if is_transient(&e) => {
                 return self.previous_manifest(&record, e, want_body).await;
+            }
+            Err(e) if is_not_a_manifest(&e) => {
+                // The tag must be asked again: a fixed upstream is then seen.
+                self.inner.tags.remove(&key);
+                return Err(e);
             }
             other => other?,
         };
@@ -298,20 +309,22 @@ impl Registry {
         if let Some(digest) = head.digest {
             return Ok((digest, head.media_type, head.size));
         }
-        let (head, body) = upstream
+        // Upstream checked the body: it is a manifest, and its digest is
+        // the one announced (verified) or the one it hashes to.
+        let manifest = upstream
             .get_manifest(repo, tag.as_str(), accept.as_str())
             .await
             .map_err(not_found(tag.as_str()))?;
-        let digest = Digest::sha256_of(&body);
-        let size = Some(body.len() as u64);
+        let size = Some(manifest.body.len() as u64);
+        let (digest, media_type) = (manifest.digest, manifest.media_type);
         let verified = Verified::bytes(
             ObjectKey::manifest(digest.clone()),
-            Some(head.media_type.clone()),
-            body,
+            Some(media_type.clone()),
+            manifest.body,
         )
         .map_err(|e| self.mismatch(upstream, e))?;
         store_logged(self, &verified).await;
-        Ok((digest, head.media_type, size))
+        Ok((digest, media_type, size))
     }
 
     /// Turns upstream's answer about a tag into the record to keep.

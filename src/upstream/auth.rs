@@ -5,7 +5,15 @@
 //! scope until `expires_in` runs out; concurrent requests for a missing token
 //! share one fetch. The realm is remembered, so later scopes get their token
 //! before the first request instead of after a 401.
+//!
+//! An upstream may redirect to other hosts (registry.k8s.io sends every
+//! manifest request to another registry with its own realm). Everything is
+//! therefore kept per origin: the scheme an origin asked for, and tokens
+//! keyed by origin, realm, service and scope, so a token one host issued is
+//! never sent to another. The configured credentials belong to the
+//! upstream's own origin: other origins only get anonymous tokens.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -117,18 +125,23 @@ enum Scheme {
 /// Authentication state of one upstream; shared by all its requests.
 pub struct Authenticator {
     upstream: String,
+    /// The configured registry's origin, the only one the credentials go to.
+    home: String,
     credentials: Option<(String, Secret)>,
-    scheme: RwLock<Option<Scheme>>,
+    /// What each origin asked for, by its ASCII serialization.
+    schemes: RwLock<HashMap<String, Scheme>>,
     tokens: Cache<String, Token>,
 }
 
 impl Authenticator {
-    /// Anonymous when `credentials` is `None`.
-    pub fn new(upstream: &str, credentials: Option<(String, Secret)>) -> Self {
+    /// Anonymous when `credentials` is `None`; `home` is the origin of the
+    /// configured registry URL.
+    pub fn new(upstream: &str, home: &str, credentials: Option<(String, Secret)>) -> Self {
         Authenticator {
             upstream: upstream.to_owned(),
+            home: home.to_owned(),
             credentials,
-            scheme: RwLock::new(None),
+            schemes: RwLock::new(HashMap::new()),
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(TokenLifetime)
@@ -136,8 +149,8 @@ impl Authenticator {
         }
     }
 
-    /// Remembers how the upstream asked to be authenticated.
-    pub fn learn(&self, challenge: &Challenge) {
+    /// Remembers how `origin` asked to be authenticated.
+    pub fn learn(&self, origin: &str, challenge: &Challenge) {
         let scheme = match challenge {
             Challenge::Bearer { realm, service, .. } => Scheme::Bearer {
                 realm: realm.clone(),
@@ -145,29 +158,32 @@ impl Authenticator {
             },
             Challenge::Basic => Scheme::Basic,
         };
-        *self.scheme.write().expect("auth lock") = Some(scheme);
+        self.schemes
+            .write()
+            .expect("auth lock")
+            .insert(origin.to_owned(), scheme);
     }
 
-    /// The `Authorization` header for a request on `scope`, fetching a token
-    /// when needed; `None` before any challenge was seen.
+    /// The `Authorization` header for a request to `origin` on `scope`,
+    /// fetching a token when needed; `None` before `origin` challenged.
     pub async fn authorization(
         &self,
         client: &reqwest::Client,
+        origin: &str,
         scope: &str,
         timeout: Duration,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
-        let scheme = self.scheme.read().expect("auth lock").clone();
+        let scheme = self.scheme_of(origin);
         match scheme {
             None => Ok(None),
-            Some(Scheme::Basic) => Ok(self.basic_header()),
+            Some(Scheme::Basic) => Ok(self.basic_header(origin)),
             Some(Scheme::Bearer { realm, service }) => {
-                let key = token_key(&realm, service.as_deref(), scope);
+                let key = token_key(origin, &realm, service.as_deref(), scope);
+                let fetch =
+                    self.fetch_token(client, origin, &realm, service.as_deref(), scope, timeout);
                 let token = self
                     .tokens
-                    .try_get_with(
-                        key,
-                        self.fetch_token(client, &realm, service.as_deref(), scope, timeout),
-                    )
+                    .try_get_with(key, fetch)
                     .await
                     .map_err(|e: Arc<UpstreamError>| (*e).clone())?;
                 Ok(Some(token.header))
@@ -175,19 +191,27 @@ impl Authenticator {
         }
     }
 
-    /// Forgets the token for `scope` after upstream refused it, so the next
+    /// Forgets `origin`'s token for `scope` after it was refused, so the next
     /// request fetches a new one.
-    pub async fn forget(&self, scope: &str) {
-        let scheme = self.scheme.read().expect("auth lock").clone();
-        if let Some(Scheme::Bearer { realm, service }) = scheme {
+    pub async fn forget(&self, origin: &str, scope: &str) {
+        if let Some(Scheme::Bearer { realm, service }) = self.scheme_of(origin) {
             self.tokens
-                .invalidate(&token_key(&realm, service.as_deref(), scope))
+                .invalidate(&token_key(origin, &realm, service.as_deref(), scope))
                 .await;
         }
     }
 
-    fn basic_header(&self) -> Option<HeaderValue> {
-        let (user, password) = self.credentials.as_ref()?;
+    fn scheme_of(&self, origin: &str) -> Option<Scheme> {
+        self.schemes.read().expect("auth lock").get(origin).cloned()
+    }
+
+    /// The configured credentials, for the upstream's own origin only.
+    fn credentials_for(&self, origin: &str) -> Option<&(String, Secret)> {
+        self.credentials.as_ref().filter(|_| origin == self.home)
+    }
+
+    fn basic_header(&self, origin: &str) -> Option<HeaderValue> {
+        let (user, password) = self.credentials_for(origin)?;
         let encoded = BASE64.encode(format!("{user}:{}", password.expose()));
         let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
         value.set_sensitive(true);
@@ -197,18 +221,22 @@ impl Authenticator {
     async fn fetch_token(
         &self,
         client: &reqwest::Client,
+        origin: &str,
         realm: &str,
         service: Option<&str>,
         scope: &str,
         timeout: Duration,
     ) -> Result<Token, UpstreamError> {
         let fail = |kind, detail: String| UpstreamError::new(&self.upstream, kind, detail);
-        let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if !scope.is_empty() {
+            query.push(("scope", scope));
+        }
         if let Some(service) = service {
             query.push(("service", service));
         }
         let mut request = client.get(realm).query(&query).timeout(timeout);
-        if let Some((user, password)) = &self.credentials {
+        if let Some((user, password)) = self.credentials_for(origin) {
             request = request.basic_auth(user, Some(password.expose()));
         }
         let response = request
@@ -257,8 +285,8 @@ impl Authenticator {
     }
 }
 
-fn token_key(realm: &str, service: Option<&str>, scope: &str) -> String {
-    format!("{realm}|{}|{scope}", service.unwrap_or(""))
+fn token_key(origin: &str, realm: &str, service: Option<&str>, scope: &str) -> String {
+    format!("{origin}|{realm}|{}|{scope}", service.unwrap_or(""))
 }
 
 #[cfg(test)]
@@ -295,5 +323,42 @@ mod tests {
         );
         assert_eq!(Challenge::parse("Bearer service=\"x\""), None);
         assert_eq!(Challenge::parse("Negotiate"), None);
+    }
+
+    #[tokio::test]
+    async fn what_one_origin_asked_for_is_never_sent_to_another() {
+        let home = "https://registry.example";
+        let other = "https://bucket.example";
+        let credentials = Some(("user".to_owned(), Secret::new("pw".to_owned())));
+        let auth = Authenticator::new("example", home, credentials);
+        let client = reqwest::Client::new();
+        let timeout = Duration::from_secs(1);
+        auth.learn(home, &Challenge::Basic);
+        let at_home = auth.authorization(&client, home, "", timeout).await;
+        assert!(matches!(at_home, Ok(Some(_))));
+        assert_eq!(
+            auth.authorization(&client, other, "", timeout).await,
+            Ok(None)
+        );
+        // Basic asked for by another origin still gets no credentials.
+        auth.learn(other, &Challenge::Basic);
+        assert_eq!(
+            auth.authorization(&client, other, "", timeout).await,
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn token_keys_name_the_origin_and_the_realm() {
+        let a = token_key("https://a", "https://auth/token", None, "repository:x:pull");
+        let b = token_key("https://b", "https://auth/token", None, "repository:x:pull");
+        let c = token_key(
+            "https://a",
+            "https://other/token",
+            None,
+            "repository:x:pull",
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
     }
 }

@@ -3,10 +3,17 @@
 //!
 //! Only registries named in the configuration are ever contacted: requests
 //! pick an [`Upstream`] by name from [`Upstreams`], never by a URL a client
-//! sent.
+//! sent. The only other hosts reached are those a configured registry
+//! redirects to or names as its token realm.
+//!
+//! Every request goes through one exchange (`exchange`) that follows
+//! redirects and runs the token flow at whichever host challenges; every
+//! manifest is checked to be one (`manifest`) before a caller can cache it.
 
 mod auth;
 mod error;
+mod exchange;
+mod manifest;
 mod ratelimit;
 mod route;
 
@@ -16,11 +23,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode, header};
 use reqwest::{Response, Url};
 
 pub use auth::Challenge;
 pub use error::{ErrorKind, UpstreamError};
+pub use manifest::{Manifest, NotAManifest};
 pub use route::UnknownUpstream;
 
 use crate::config::Config;
@@ -28,11 +36,10 @@ use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::reference::RepoName;
 use auth::Authenticator;
+use exchange::Ask;
 
 /// Largest manifest accepted, as in distribution.
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
-/// Redirect hops followed for a blob before giving up.
-const MAX_REDIRECTS: usize = 5;
 
 /// What a manifest HEAD (or the head of a GET) tells.
 #[derive(Debug, Clone)]
@@ -80,11 +87,12 @@ impl Upstreams {
             let base = Url::parse(cfg.url.trim_end_matches('/'))
                 .map_err(|e| UpstreamError::new(name, ErrorKind::Invalid, e.to_string()))?;
             let credentials = cfg.username.clone().zip(cfg.password.clone());
+            let auth = Authenticator::new(name, &base.origin().ascii_serialization(), credentials);
             let upstream = Upstream {
                 name: name.clone(),
                 base,
                 client: client.clone(),
-                auth: Authenticator::new(name, credentials),
+                auth,
                 tag_ttl: config.tag_ttl_of(name),
                 request_timeout: config.timeouts.request,
                 library_namespace: name == crate::config::DOCKER_HUB,
@@ -185,38 +193,69 @@ impl Upstream {
     ) -> Result<ManifestHead, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let response = self
-            .send(Method::HEAD, &path, repo, accept, "manifest_head", true)
+            .send(Ask {
+                method: Method::HEAD,
+                path: &path,
+                repo,
+                accept,
+                kind: "manifest_head",
+                bounded: true,
+            })
             .await?;
-        self.manifest_head(&response)
+        let head = self.manifest_head(&response)?;
+        manifest::check_type(&head.media_type).map_err(|e| self.not_a_manifest(&path, e))?;
+        Ok(head)
     }
 
-    /// GETs a manifest, whole. This is what Docker Hub counts as a pull.
+    /// GETs a manifest, whole, and checks that it is one (see
+    /// [`manifest::check`]); what is not is an [`ErrorKind::Invalid`] error
+    /// and reaches no cache. This is what Docker Hub counts as a pull.
     pub async fn get_manifest(
         &self,
         repo: &RepoName,
         reference: &str,
         accept: &str,
-    ) -> Result<(ManifestHead, Bytes), UpstreamError> {
+    ) -> Result<Manifest, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let response = self
-            .send(Method::GET, &path, repo, accept, "manifest_get", true)
+            .send(Ask {
+                method: Method::GET,
+                path: &path,
+                repo,
+                accept,
+                kind: "manifest_get",
+                bounded: true,
+            })
             .await?;
         let head = self.manifest_head(&response)?;
         if head.size.is_some_and(|s| s > MAX_MANIFEST_BYTES) {
             return Err(self.error(ErrorKind::TooLarge, "manifest is larger than 4 MiB"));
         }
         let body = self.read_limited(response, MAX_MANIFEST_BYTES).await?;
-        Ok((
-            ManifestHead {
-                size: Some(body.len() as u64),
-                ..head
-            },
+        let requested = reference.parse::<Digest>().ok();
+        manifest::check(
+            requested.as_ref(),
+            head.digest.as_ref(),
+            &head.media_type,
             body,
-        ))
+        )
+        .map_err(|e| self.not_a_manifest(&path, e))
     }
 
-    /// Starts a blob download, following the redirect to a CDN without our
-    /// `Authorization` header when it leaves the registry's origin.
+    /// The error for a body that is not a manifest, counted and logged.
+    fn not_a_manifest(&self, path: &str, e: NotAManifest) -> UpstreamError {
+        if matches!(e, NotAManifest::Digest(_)) {
+            self.metrics
+                .digest_mismatches
+                .with_label_values(&["manifest"])
+                .inc();
+        }
+        tracing::error!(upstream = %self.name, path, error = %e, "upstream sent no manifest; nothing stored");
+        self.error(ErrorKind::Invalid, format!("{path}: {e}"))
+    }
+
+    /// Starts a blob download, following redirects to signed storage (which
+    /// gets no `Authorization` header of ours).
     pub async fn get_blob(
         &self,
         repo: &RepoName,
@@ -224,7 +263,14 @@ impl Upstream {
     ) -> Result<BlobDownload, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let response = self
-            .send_following(Method::GET, &path, repo, "blob_get")
+            .send(Ask {
+                method: Method::GET,
+                path: &path,
+                repo,
+                accept: "",
+                kind: "blob_get",
+                bounded: false,
+            })
             .await?;
         let size = response.content_length();
         let name = self.name.clone();
@@ -247,7 +293,14 @@ impl Upstream {
     ) -> Result<Option<u64>, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let response = self
-            .send_following(Method::HEAD, &path, repo, "blob_head")
+            .send(Ask {
+                method: Method::HEAD,
+                path: &path,
+                repo,
+                accept: "",
+                kind: "blob_head",
+                bounded: false,
+            })
             .await?;
         Ok(content_length(response.headers()))
     }
@@ -264,7 +317,14 @@ impl Upstream {
             path.push_str(q);
         }
         let response = self
-            .send(Method::GET, &path, repo, "", "tags_list", true)
+            .send(Ask {
+                method: Method::GET,
+                path: &path,
+                repo,
+                accept: "",
+                kind: "tags_list",
+                bounded: true,
+            })
             .await?;
         let status = response.status();
         let mut headers = HeaderMap::new();
@@ -320,135 +380,6 @@ impl Upstream {
             body.extend_from_slice(&chunk);
         }
         Ok(Bytes::from(body))
-    }
-
-    /// Sends an authenticated request and follows redirects by hand.
-    async fn send_following(
-        &self,
-        method: Method,
-        path: &str,
-        repo: &RepoName,
-        kind: &'static str,
-    ) -> Result<Response, UpstreamError> {
-        let mut response = self
-            .send(method.clone(), path, repo, "", kind, false)
-            .await?;
-        for _ in 0..MAX_REDIRECTS {
-            if !response.status().is_redirection() {
-                return Ok(response);
-            }
-            let from = response.url().clone();
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| from.join(v).ok())
-                .ok_or_else(|| {
-                    self.error(ErrorKind::Invalid, "redirect without a usable Location")
-                })?;
-            let mut request = self.client.request(method.clone(), location.clone());
-            if location.origin() == self.base.origin() {
-                let scope = format!("repository:{repo}:pull");
-                if let Some(auth) = self
-                    .auth
-                    .authorization(&self.client, &scope, self.request_timeout)
-                    .await?
-                {
-                    request = request.header(header::AUTHORIZATION, auth);
-                }
-            }
-            response = request.send().await.map_err(|e| self.failed(kind, &e))?;
-            self.check_status(&response, kind)?;
-        }
-        Err(self.error(ErrorKind::Invalid, "too many redirects"))
-    }
-
-    /// Sends one request with a token for `repo`'s pull scope, answering one
-    /// 401 challenge by authenticating and trying once more.
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        repo: &RepoName,
-        accept: &str,
-        kind: &'static str,
-        bounded: bool,
-    ) -> Result<Response, UpstreamError> {
-        let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
-        let scope = format!("repository:{repo}:pull");
-        let mut challenged = false;
-        loop {
-            let mut request = self.client.request(method.clone(), &url);
-            if bounded {
-                request = request.timeout(self.request_timeout);
-            }
-            if !accept.is_empty()
-                && let Ok(v) = HeaderValue::from_str(accept)
-            {
-                request = request.header(header::ACCEPT, v);
-            }
-            if let Some(auth) = self
-                .auth
-                .authorization(&self.client, &scope, self.request_timeout)
-                .await?
-            {
-                request = request.header(header::AUTHORIZATION, auth);
-            }
-            let response = request.send().await.map_err(|e| self.failed(kind, &e))?;
-            ratelimit::observe(&self.metrics, &self.name, response.headers());
-            if response.status() == StatusCode::UNAUTHORIZED && !challenged {
-                let challenge = response
-                    .headers()
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(Challenge::parse);
-                if let Some(challenge) = challenge {
-                    self.record(kind, "401");
-                    self.auth.learn(&challenge);
-                    self.auth.forget(&scope).await;
-                    challenged = true;
-                    continue;
-                }
-            }
-            self.check_status(&response, kind)?;
-            return Ok(response);
-        }
-    }
-
-    fn check_status(&self, response: &Response, kind: &'static str) -> Result<(), UpstreamError> {
-        let status = response.status();
-        self.record(kind, status.as_str());
-        let error_kind = match status.as_u16() {
-            200..=399 => return Ok(()),
-            404 => ErrorKind::NotFound,
-            401 | 403 => ErrorKind::Denied,
-            429 => ErrorKind::RateLimited,
-            code => ErrorKind::Status(code),
-        };
-        Err(self.error(
-            error_kind,
-            format!("{} answered {status}", response.url().path()),
-        ))
-    }
-
-    fn failed(&self, kind: &'static str, err: &reqwest::Error) -> UpstreamError {
-        let error = UpstreamError::from_reqwest(&self.name, err);
-        self.record(
-            kind,
-            if error.kind == ErrorKind::Timeout {
-                "timeout"
-            } else {
-                "error"
-            },
-        );
-        error
-    }
-
-    fn record(&self, kind: &str, status: &str) {
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[&self.name, kind, status])
-            .inc();
     }
 }
 

@@ -14,6 +14,7 @@ pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod s3;
+pub mod simclient;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};

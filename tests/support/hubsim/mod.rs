@@ -19,6 +19,13 @@
 //!   an `Authorization` header** — the classic bug of forwarding the registry
 //!   token across the redirect.
 //!
+//! With [`SimOptions::front_prefix`] a fourth listener plays
+//! **registry.k8s.io** ([`HubSim::front_url`]): no auth of its own, every
+//! non-blob `/v2/` request 307-redirected to the registry above under a
+//! repository prefix (so the registry's challenge scope names
+//! `<prefix>/<name>`, not the name the client asked for), and blobs
+//! redirected straight to the CDN.
+//!
 //! On top of that, tests can arm **faults** ([`HubSim::set_fault`]): error
 //! statuses, slow responses, connections reset mid-body, truncated or
 //! corrupted bodies that look fine at the HTTP level. [`HubSim::counters`]
@@ -30,6 +37,7 @@
 //! from its own storage while upstream is gone.
 
 mod cdn;
+mod front;
 mod realm;
 mod registry;
 mod server;
@@ -74,6 +82,9 @@ pub struct HubSim {
     pub realm_url: String,
     /// Base URL of the CDN that blob redirects point at.
     pub cdn_url: String,
+    /// Base URL of the registry.k8s.io-style front, when
+    /// [`SimOptions::front_prefix`] asked for one.
+    pub front_url: Option<String>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -94,6 +105,10 @@ pub struct SimOptions {
     /// Omit the `ratelimit-*` / `docker-ratelimit-source` headers (as Hub
     /// does for unlimited accounts). The limit is still enforced.
     pub no_rate_limit_headers: bool,
+    /// Also start a registry.k8s.io-style front ([`HubSim::front_url`])
+    /// that redirects every request to the registry under this repository
+    /// prefix (see the `front` module).
+    pub front_prefix: Option<String>,
 }
 
 /// An image stored by [`HubSim::push_image`].
@@ -143,8 +158,8 @@ pub struct Counters {
 /// Which upstream requests a [`Fault`] hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultTarget {
-    /// Registry manifest GET/HEAD. HEADs only take `InternalError`,
-    /// `ServiceUnavailable`, `TooManyRequests` and `Slow` (they have no body).
+    /// Registry manifest GET/HEAD. HEADs take every fault but the body
+    /// faults (they have no body).
     Manifests,
     /// Blobs: status faults and `Slow` hit the registry blob endpoint (the
     /// 307); body faults (`ResetMidBody`, `TruncatedBody`, `WrongBytes`) hit
@@ -180,6 +195,11 @@ pub enum Fault {
     WrongBytes,
     /// Wait this long before sending the response headers, then answer normally.
     Slow(Duration),
+    /// A 307 with an HTML body and no `Location`: a redirect no client can
+    /// follow, whose body is not the content.
+    BareRedirect,
+    /// A 307 whose relative `Location` names the request's own URL, forever.
+    RedirectLoop,
 }
 
 impl Fault {
@@ -227,7 +247,7 @@ impl HubSim {
             cdn_url.clone(),
             &opts,
         ));
-        let tasks = vec![
+        let mut tasks = vec![
             server::spawn(
                 registry_l,
                 Router::new()
@@ -247,10 +267,20 @@ impl HubSim {
                     .with_state(shared.clone()),
             ),
         ];
+        let mut front_url = None;
+        if opts.front_prefix.is_some() {
+            let (front_l, url) = SimListener::bind(&shutdown).await;
+            let router = Router::new()
+                .fallback(front::handle)
+                .with_state(shared.clone());
+            tasks.push(server::spawn(front_l, router));
+            front_url = Some(url);
+        }
         HubSim {
             registry_url,
             realm_url,
             cdn_url,
+            front_url,
             shared,
             shutdown,
             tasks,
@@ -332,6 +362,13 @@ impl HubSim {
         }
     }
 
+    /// The registry's name for `name` asked of the front: `<prefix>/<name>`.
+    /// Push there what the front should serve as `name`.
+    pub fn front_repo(&self, name: &str) -> String {
+        let prefix = self.shared.front_prefix.as_deref();
+        format!("{}/{name}", prefix.expect("started without a front_prefix"))
+    }
+
     /// A snapshot of the request counters.
     pub fn counters(&self) -> Counters {
         self.shared.counters()
@@ -366,8 +403,8 @@ impl HubSim {
     }
 
     /// Every request seen so far, in arrival order, as
-    /// `"<listener> METHOD path[?query]"` with listener `registry`, `realm`
-    /// or `cdn`, e.g. `"registry GET /v2/library/alpine/manifests/latest"`.
+    /// `"<listener> METHOD path[?query]"` with listener `registry`, `realm`,
+    /// `cdn` or `front`, e.g. `"registry GET /v2/library/alpine/manifests/latest"`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.requests()
     }

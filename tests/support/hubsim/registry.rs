@@ -15,7 +15,7 @@ use super::state::{Grant, LookupError, Shared, bump};
 use super::util::{
     bearer_token, body_with_fault, json, oci_error, parse_query, percent_decode, query_get,
     random_hex, set_header, status_fault, too_many_requests, valid_digest, valid_repo_name,
-    valid_tag,
+    valid_tag, with_body,
 };
 use super::{Fault, FaultTarget};
 
@@ -123,7 +123,7 @@ async fn dispatch(sim: &Shared, parts: &Parts) -> Response {
             });
             manifest(sim, parts, name, reference, &key, get).await
         }
-        Route::Blob(_, digest) => blob(sim, digest).await,
+        Route::Blob(_, digest) => blob(sim, parts, digest).await,
         Route::Tags(name) => tags_list(sim, parts, name),
     }
 }
@@ -201,14 +201,24 @@ fn accepts(parts: &Parts, media_type: &str) -> bool {
 }
 
 /// Pre-header faults shared by manifests and blobs: sleeps for `Slow`,
-/// returns the error response for status faults.
-async fn pre_header_fault(sim: &Shared, target: FaultTarget) -> Option<(Fault, Response)> {
+/// returns the error or redirect response for the others.
+async fn pre_header_fault(
+    sim: &Shared,
+    parts: &Parts,
+    target: FaultTarget,
+) -> Option<(Fault, Response)> {
     let fault = sim.take_fault(target, |f| !f.is_body_fault())?;
     if let Fault::Slow(d) = fault {
         tokio::time::sleep(d).await;
         return None;
     }
-    status_fault(fault).map(|r| (fault, r))
+    let own_name = parts.uri.path().rsplit('/').next().unwrap_or("");
+    let response = match fault {
+        Fault::BareRedirect => redirect(None),
+        Fault::RedirectLoop => redirect(Some(own_name)),
+        _ => status_fault(fault)?,
+    };
+    Some((fault, response))
 }
 
 /// `GET|HEAD /v2/<name>/manifests/<reference>`.
@@ -220,7 +230,7 @@ async fn manifest(
     key: &str,
     get: bool,
 ) -> Response {
-    if let Some((fault, mut resp)) = pre_header_fault(sim, FaultTarget::Manifests).await {
+    if let Some((fault, mut resp)) = pre_header_fault(sim, parts, FaultTarget::Manifests).await {
         let remaining = if fault == Fault::TooManyRequests {
             0
         } else {
@@ -281,10 +291,15 @@ async fn manifest(
 }
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`: a 307 to a signed CDN URL.
-async fn blob(sim: &Shared, digest: &str) -> Response {
-    if let Some((_, resp)) = pre_header_fault(sim, FaultTarget::Blobs).await {
+async fn blob(sim: &Shared, parts: &Parts, digest: &str) -> Response {
+    if let Some((_, resp)) = pre_header_fault(sim, parts, FaultTarget::Blobs).await {
         return resp;
     }
+    cdn_redirect(sim, digest)
+}
+
+/// A 307 to a freshly signed CDN URL for `digest`, or 404 `BLOB_UNKNOWN`.
+pub(super) fn cdn_redirect(sim: &Shared, digest: &str) -> Response {
     if sim.blob(digest).is_none() {
         return oci_error(
             StatusCode::NOT_FOUND,
@@ -294,10 +309,24 @@ async fn blob(sim: &Shared, digest: &str) -> Response {
     }
     let sig = random_hex(16);
     sim.issue_sig(sig.clone(), digest.to_owned());
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-    let location = format!("{}/blobs/{digest}?sig={sig}", sim.cdn_url);
-    set_header(resp.headers_mut(), "location", &location);
+    redirect(Some(&format!("{}/blobs/{digest}?sig={sig}", sim.cdn_url)))
+}
+
+/// A 307 to `location` (none at all with `None`) with the small HTML body
+/// web servers send along.
+pub(super) fn redirect(location: Option<&str>) -> Response {
+    let body = format!(
+        "<a href=\"{}\">Temporary Redirect</a>.\n",
+        location.unwrap_or("")
+    );
+    let mut resp = with_body(
+        StatusCode::TEMPORARY_REDIRECT,
+        "text/html; charset=utf-8",
+        body,
+    );
+    if let Some(location) = location {
+        set_header(resp.headers_mut(), "location", location);
+    }
     resp
 }
 
