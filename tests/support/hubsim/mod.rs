@@ -94,6 +94,10 @@ pub struct SimOptions {
     /// Omit the `ratelimit-*` / `docker-ratelimit-source` headers (as Hub
     /// does for unlimited accounts). The limit is still enforced.
     pub no_rate_limit_headers: bool,
+    /// Bandwidth of each CDN GET body in bytes per second; `None` (or 0) =
+    /// as fast as loopback goes. A slow upstream holds a download in flight
+    /// long enough for a whole fleet of clients to join it.
+    pub cdn_bytes_per_sec: Option<u64>,
 }
 
 /// An image stored by [`HubSim::push_image`].

@@ -131,6 +131,8 @@ pub(super) struct Shared {
     pub token_ttl: Duration,
     pub users: Vec<(String, String)>,
     pub rate_limit_headers: bool,
+    /// See [`super::SimOptions::cdn_bytes_per_sec`]; never `Some(0)`.
+    pub cdn_bytes_per_sec: Option<u64>,
     pub counters: AtomicCounters,
     blobs: Mutex<HashMap<String, Bytes>>,
     repos: Mutex<HashMap<String, Repo>>,
@@ -158,6 +160,7 @@ impl Shared {
             token_ttl: opts.token_ttl.unwrap_or(Duration::from_secs(300)),
             users: opts.users.clone(),
             rate_limit_headers: !opts.no_rate_limit_headers,
+            cdn_bytes_per_sec: opts.cdn_bytes_per_sec.filter(|&rate| rate > 0),
             counters: AtomicCounters::default(),
             blobs: Mutex::default(),
             repos: Mutex::default(),
