@@ -72,8 +72,8 @@ pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(),
         cdn_bytes_per_sec: Some(UPSTREAM_BYTES_PER_SEC),
         ..SimOptions::default()
     }));
-    let memory = support_blob(&sim, MEMORY_BLOB, 70);
-    let disk = support_blob(&sim, DISK_BLOB, 71);
+    let memory = seed_blob(&sim, MEMORY_BLOB, 70);
+    let disk = seed_blob(&sim, DISK_BLOB, 71);
     let open_files = procs::raise_open_files_limit()?;
     println!(
         "\ncluster rollout: N clients, each on its own connection, GET one cold {} MB layer \
@@ -96,9 +96,8 @@ pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(),
             println!("  {clients} clients: skipped, the open files limit is {open_files}");
             continue;
         }
-        let layer = support_blob(&sim, LAYER, 72 + i as u64);
-        let targets = [&memory, &disk];
-        match run_fleet(rt, binary, &sim, clients, &layer, &targets) {
+        let layer = seed_blob(&sim, LAYER, 72 + i as u64);
+        match run_fleet(rt, binary, &sim, clients, &layer, [&memory, &disk]) {
             Ok(fleet) => print(&fleet),
             Err(e) => println!("  {clients} clients: failed: {e}"),
         }
@@ -107,7 +106,7 @@ pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(),
 }
 
 /// Stores `len` seeded random bytes in the simulator; returns the digest.
-fn support_blob(sim: &HubSim, len: usize, seed: u64) -> String {
+fn seed_blob(sim: &HubSim, len: usize, seed: u64) -> String {
     let bytes: Bytes = super::support::random_bytes(len, seed);
     sim.put_blob(bytes)
 }
@@ -119,13 +118,16 @@ fn target(server: &Server, digest: &str) -> Target {
     }
 }
 
+/// One burst of `clients` GETs of the cold `layer` against a fresh
+/// pullthrough, with `warm` (the memory and the disk blob) probed idle
+/// first and then during the burst.
 fn run_fleet(
     rt: &tokio::runtime::Runtime,
     binary: &std::path::Path,
     sim: &HubSim,
     clients: usize,
     layer: &str,
-    warm: &[&String; 2],
+    warm: [&str; 2],
 ) -> Result<Fleet, String> {
     let server =
         servers::with_retries(|| servers::start_pullthrough(rt, binary, &sim.registry_url))?;
@@ -167,7 +169,10 @@ fn run_fleet(
         peak,
         idle,
         burst,
-        idle_hits: (after.0 - before.0, after.1 - before.1),
+        idle_hits: (
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        ),
     })
 }
 
