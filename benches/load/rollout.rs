@@ -20,7 +20,7 @@ use super::probe::{self, Target, Timings};
 use super::procstat::{self, Peak, Sampler};
 use super::servers::{self, Server};
 use super::support::hubsim::{HubSim, SimOptions};
-use super::{Fixture, http, procs};
+use super::{Fixture, http, procs, report};
 
 /// Clients per burst, one burst each.
 const FLEETS: [usize; 2] = [1_000, 2_000];
@@ -63,6 +63,8 @@ struct Fleet {
     /// `hit-memory` and `hit-disk` answers pullthrough counted for the idle
     /// probes, to show each warm blob came from the tier it stands for.
     idle_hits: (u64, u64),
+    /// What explains an upstream fetch count other than 1.
+    notes: Vec<String>,
 }
 
 /// Runs one burst per fleet size against fresh pullthrough processes in
@@ -159,9 +161,19 @@ fn run_fleet(
     // A late duplicate fetch would show up within moments.
     std::thread::sleep(Duration::from_millis(200));
     let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    let upstream = sim.requests();
+    let upstream_fetches = sim.counters().cdn_gets;
+    let mut notes = Vec::new();
+    if upstream_fetches != 1 {
+        notes.push(format!(
+            "upstream requests: {}",
+            report::summarise(&upstream)
+        ));
+        notes.extend(warnings(&server));
+    }
     Ok(Fleet {
         clients,
-        upstream_fetches: sim.counters().cdn_gets,
+        upstream_fetches,
         clients_ok: clients - errors.len(),
         errors,
         elapsed,
@@ -199,6 +211,16 @@ fn burst(rt: &tokio::runtime::Runtime, layer: &Target, clients: usize) -> Vec<Re
         }
         results
     })
+}
+
+/// The warnings and errors in pullthrough's log (at most 10).
+fn warnings(server: &Server) -> Vec<String> {
+    let log = std::fs::read_to_string(server.dir().join("pullthrough.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .take(10)
+        .map(|l| format!("pullthrough log: {l}"))
+        .collect()
 }
 
 /// pullthrough's own count of `hit-memory` and `hit-disk` answers so far.
@@ -250,6 +272,9 @@ fn print(f: &Fleet) {
                 "      note: pullthrough counted {hits} of the {IDLE_ROUNDS} idle {label} probes as hit-{label}"
             );
         }
+    }
+    for note in &f.notes {
+        println!("    {note}");
     }
     for e in f.idle.errors.iter().chain(&f.burst.errors).take(3) {
         println!("    warm request error: {e}");
