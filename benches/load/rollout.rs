@@ -185,6 +185,7 @@ fn run_fleet(
             after.0.saturating_sub(before.0),
             after.1.saturating_sub(before.1),
         ),
+        notes,
     })
 }
 
