@@ -109,6 +109,10 @@ pub struct SimOptions {
     /// that redirects every request to the registry under this repository
     /// prefix (see the `front` module).
     pub front_prefix: Option<String>,
+    /// Bandwidth of each CDN GET body in bytes per second; `None` (or 0) =
+    /// as fast as loopback goes. A slow upstream holds a download in flight
+    /// long enough for a whole fleet of clients to join it.
+    pub cdn_bytes_per_sec: Option<u64>,
 }
 
 /// An image stored by [`HubSim::push_image`].

@@ -133,6 +133,8 @@ pub(super) struct Shared {
     pub rate_limit_headers: bool,
     /// The repository prefix the front redirects under, if there is a front.
     pub front_prefix: Option<String>,
+    /// See [`super::SimOptions::cdn_bytes_per_sec`]; never `Some(0)`.
+    pub cdn_bytes_per_sec: Option<u64>,
     pub counters: AtomicCounters,
     blobs: Mutex<HashMap<String, Bytes>>,
     repos: Mutex<HashMap<String, Repo>>,
@@ -161,6 +163,7 @@ impl Shared {
             users: opts.users.clone(),
             rate_limit_headers: !opts.no_rate_limit_headers,
             front_prefix: opts.front_prefix.clone(),
+            cdn_bytes_per_sec: opts.cdn_bytes_per_sec.filter(|&rate| rate > 0),
             counters: AtomicCounters::default(),
             blobs: Mutex::default(),
             repos: Mutex::default(),
