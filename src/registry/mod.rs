@@ -9,17 +9,20 @@ mod accept;
 mod blobs;
 mod coalesce;
 mod manifests;
+mod tag_store;
+mod tagged;
 mod tags;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use accept::{ALL_MANIFEST_TYPES, AcceptSet};
+pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
 pub use coalesce::{Abandoned, SingleFlight};
 pub use manifests::ManifestReply;
-pub use tags::{TagKey, TagRecord, TagStore, now_ms};
+pub use tag_store::TagStore;
+pub use tags::{TagEntry, TagKey, TagRecord, now_ms};
 
 use crate::cache::{CacheError, Flights, TieredCache, Verified};
 use crate::digest::DigestMismatch;
@@ -117,7 +120,7 @@ struct Inner {
     tags: TagStore,
     blob_flights: Flights,
     manifest_fetches: SingleFlight<crate::cache::ObjectKey, Result<Verified, RegistryError>>,
-    tag_checks: SingleFlight<TagKey, Result<manifests::TagCheck, RegistryError>>,
+    tag_checks: SingleFlight<tagged::CheckKey, Result<tagged::TagCheck, RegistryError>>,
     stale_retry: Duration,
     metrics: Metrics,
 }
