@@ -6,16 +6,25 @@ mod support;
 use std::time::Duration;
 
 use support::client::{CONTAINERD_ACCEPT, CONTAINERS_IMAGE_ACCEPT, Client, DOCKERD_ACCEPT};
-use support::hubsim::{DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, Fault, FaultTarget, HubSim, SimOptions};
+use support::hubsim::{
+    DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, Fault, FaultTarget, HubSim, SimOptions,
+};
 use support::image::{Format, Image, image, index};
 use support::proxy::{Proxy, config};
 use support::{random_bytes, wait_until};
 
 const TTL: Duration = Duration::from_millis(1000);
 
+/// A TTL no test outlasts, for tests that count on a record staying fresh.
+const LONG_TTL: Duration = Duration::from_secs(60);
+
 async fn setup(sim: &HubSim, dir: &std::path::Path) -> Proxy {
+    setup_with_ttl(sim, dir, TTL).await
+}
+
+async fn setup_with_ttl(sim: &HubSim, dir: &std::path::Path, ttl: Duration) -> Proxy {
     let mut cfg = config(&sim.registry_url, dir);
-    cfg.tag_ttl = TTL;
+    cfg.tag_ttl = ttl;
     cfg.timeouts.request = Duration::from_millis(700);
     cfg.timeouts.read = Duration::from_millis(700);
     Proxy::start(cfg).await
@@ -241,7 +250,7 @@ async fn one_record_serves_dockerd_containerd_podman_and_skopeo() {
     let sim = HubSim::start().await;
     let (list, _) = push_multi_arch(&sim, "library/multi", "1", 1);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = setup(&sim, dir.path()).await;
+    let proxy = setup_with_ttl(&sim, dir.path(), LONG_TTL).await;
     let client = Client::new(&proxy.url);
     let first = client.manifest("multi", "1").await;
     assert_eq!(first.header("docker-content-digest"), list);
@@ -260,10 +269,18 @@ async fn one_record_serves_dockerd_containerd_podman_and_skopeo() {
                 .await;
             assert_eq!(answer.status, 200, "{name} {method}");
             assert_eq!(answer.header("docker-content-digest"), list, "{name}");
-            assert_eq!(answer.header("content-type"), DOCKER_MANIFEST_LIST, "{name}");
+            assert_eq!(
+                answer.header("content-type"),
+                DOCKER_MANIFEST_LIST,
+                "{name}"
+            );
         }
     }
-    assert_eq!(sim.counters().total, 0, "every client is served the one record");
+    assert_eq!(
+        sim.counters().total,
+        0,
+        "every client is served the one record"
+    );
     wait_until(|| tag_files(&proxy) == [1]).await;
 }
 
@@ -272,7 +289,7 @@ async fn junk_in_accept_reaches_upstream_no_more_and_adds_no_record() {
     let sim = HubSim::start().await;
     let image = sim.push_image("library/junk", "1", &[random_bytes(100, 1)]);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = setup(&sim, dir.path()).await;
+    let proxy = setup_with_ttl(&sim, dir.path(), LONG_TTL).await;
     let client = Client::new(&proxy.url);
     client.pull("junk", "1").await;
     // What upstream answers to no preference is learned once.
@@ -289,7 +306,10 @@ async fn junk_in_accept_reaches_upstream_no_more_and_adds_no_record() {
         }
         let answer = client.manifest_accepting("GET", "junk", "1", &accept).await;
         assert_eq!(answer.status, 200, "request {i}");
-        assert_eq!(answer.header("docker-content-digest"), image.manifest_digest);
+        assert_eq!(
+            answer.header("docker-content-digest"),
+            image.manifest_digest
+        );
     }
     assert_eq!(sim.counters().total, 0, "junk types never go upstream");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -301,11 +321,14 @@ async fn a_client_accepting_only_an_uncached_type_asks_upstream_once() {
     let sim = HubSim::start().await;
     let (list, amd64) = push_multi_arch(&sim, "library/old", "1", 3);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = setup(&sim, dir.path()).await;
+    let proxy = setup_with_ttl(&sim, dir.path(), LONG_TTL).await;
     let client = Client::new(&proxy.url);
     // dockerd resolves the list, then fetches its platform's manifest.
     assert_eq!(
-        client.manifest("old", "1").await.header("docker-content-digest"),
+        client
+            .manifest("old", "1")
+            .await
+            .header("docker-content-digest"),
         list
     );
     assert_eq!(client.manifest("old", &amd64.digest).await.status, 200);
@@ -331,7 +354,10 @@ async fn a_client_accepting_only_an_uncached_type_asks_upstream_once() {
     // Both answers stay cached side by side in the tag's one file.
     sim.reset_counters();
     assert_eq!(
-        client.manifest("old", "1").await.header("docker-content-digest"),
+        client
+            .manifest("old", "1")
+            .await
+            .header("docker-content-digest"),
         list
     );
     assert_eq!(sim.counters().total, 0);
@@ -346,7 +372,10 @@ async fn after_the_ttl_clients_of_every_kind_share_one_free_head() {
     let proxy = setup(&sim, dir.path()).await;
     let client = Client::new(&proxy.url);
     assert_eq!(
-        client.manifest("shared", "1").await.header("docker-content-digest"),
+        client
+            .manifest("shared", "1")
+            .await
+            .header("docker-content-digest"),
         list
     );
 

@@ -86,7 +86,7 @@ impl AcceptSet {
             .flat_map(|line| line.split(','))
             .map(|item| item.split(';').next().unwrap_or("").trim())
             .fold(AcceptSet(0), |set, t| match index_of(t) {
-                Some(i) => AcceptSet(set.0 | 1 << i),
+                Some(i) => AcceptSet(set.0 | (1 << i)),
                 None => set,
             })
     }
@@ -97,7 +97,7 @@ impl AcceptSet {
             types
                 .iter()
                 .filter_map(|t| index_of(t))
-                .fold(0, |set, i| set | 1 << i),
+                .fold(0, |set, i| set | (1 << i)),
         )
     }
 
@@ -108,7 +108,7 @@ impl AcceptSet {
 
     /// Whether `media_type` is listed.
     pub fn admits(self, media_type: &str) -> bool {
-        index_of(media_type).is_some_and(|i| self.0 & 1 << i != 0)
+        index_of(media_type).is_some_and(|i| self.0 & (1 << i) != 0)
     }
 
     /// The richest kind listed; `None` for no preference.
@@ -121,7 +121,7 @@ impl AcceptSet {
         KNOWN_MANIFEST_TYPES
             .iter()
             .enumerate()
-            .filter(move |(i, _)| self.0 & 1 << i != 0)
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
             .map(|(_, t)| *t)
     }
 
@@ -164,12 +164,19 @@ mod tests {
             AcceptSet::from_headers(&a).header_value(),
             "application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json"
         );
-        assert_eq!(AcceptSet::from_headers(&HeaderMap::new()).header_value(), "");
+        assert_eq!(
+            AcceptSet::from_headers(&HeaderMap::new()).header_value(),
+            ""
+        );
     }
 
     #[test]
     fn wildcards_and_unknown_types_are_no_preference() {
-        let junk = lines(&["*/*", "application/x-junk-1, text/html;q=0.9", "application/json"]);
+        let junk = lines(&[
+            "*/*",
+            "application/x-junk-1, text/html;q=0.9",
+            "application/json",
+        ]);
         let set = AcceptSet::from_headers(&junk);
         assert!(set.is_empty());
         assert_eq!(set.richest(), None);

@@ -221,18 +221,18 @@ mod tests {
         assert!(written(dir.path(), &forgotten).await);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn updates_of_one_tag_keep_every_type() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(TagStore::open(dir.path(), None).unwrap());
         let types = crate::registry::accept::KNOWN_MANIFEST_TYPES;
         let tasks: Vec<_> = types
             .iter()
-            .map(|t| {
+            .map(|&t| {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let r = TagRecord {
-                        media_type: (*t).into(),
+                        media_type: t.into(),
                         ..record(1)
                     };
                     store.update(&key(), |e| e.keep(r, AcceptSet::of(&[t]), None));

@@ -146,8 +146,9 @@ impl TagEntry {
             self.forget(old);
         }
         let unknown = Kind::of(&media_type) == Kind::Other;
-        self.records
-            .retain(|r| r.media_type != media_type && !(unknown && Kind::of(&r.media_type) == Kind::Other));
+        self.records.retain(|r| {
+            r.media_type != media_type && !(unknown && Kind::of(&r.media_type) == Kind::Other)
+        });
         self.records.push(record);
         if asked.is_empty() {
             self.default_type = Some(media_type);
@@ -233,7 +234,11 @@ mod tests {
     #[test]
     fn one_record_serves_every_client_that_lists_its_type() {
         let mut entry = TagEntry::default();
-        entry.keep(typed(LIST, Kind::Index, 1), AcceptSet::of(&[LIST, V2]), None);
+        entry.keep(
+            typed(LIST, Kind::Index, 1),
+            AcceptSet::of(&[LIST, V2]),
+            None,
+        );
         let dockerd = [V2, LIST, OCI, OCI_INDEX, PRETTYJWS, "application/json"];
         let containerd = [V2, LIST, OCI, OCI_INDEX, "*/*"];
         let containers_image = [OCI, OCI_INDEX, LIST, V2, PRETTYJWS, V1];
@@ -253,7 +258,11 @@ mod tests {
         assert_eq!(chosen(&entry, &[V2, LIST]), None, "the list may exist");
         // Once a list-capable client got the list, it wins for such clients
         // and the platform manifest still serves the others.
-        entry.keep(typed(LIST, Kind::Index, 2), AcceptSet::of(&[V2, LIST]), None);
+        entry.keep(
+            typed(LIST, Kind::Index, 2),
+            AcceptSet::of(&[V2, LIST]),
+            None,
+        );
         assert_eq!(chosen(&entry, &[V2, LIST]).as_deref(), Some(LIST));
         assert_eq!(chosen(&entry, &[V2]).as_deref(), Some(V2));
         assert_eq!(entry.records.len(), 2);
@@ -280,7 +289,11 @@ mod tests {
     fn the_richest_admitted_record_wins() {
         let mut entry = TagEntry::default();
         entry.keep(typed(V2, Kind::Index, 5), AcceptSet::of(&[V2, LIST]), None);
-        entry.keep(typed(OCI_INDEX, Kind::Index, 1), AcceptSet::of(&[OCI_INDEX]), None);
+        entry.keep(
+            typed(OCI_INDEX, Kind::Index, 1),
+            AcceptSet::of(&[OCI_INDEX]),
+            None,
+        );
         assert_eq!(chosen(&entry, &[V2, OCI_INDEX]).as_deref(), Some(OCI_INDEX));
         assert_eq!(chosen(&entry, &[V2, LIST]).as_deref(), Some(V2));
     }
@@ -300,12 +313,24 @@ mod tests {
     #[test]
     fn a_tag_that_changed_format_drops_the_old_record() {
         let mut entry = TagEntry::default();
-        entry.keep(typed(LIST, Kind::Index, 1), AcceptSet::of(&[LIST, V2]), None);
-        entry.keep(typed(V2, Kind::Index, 2), AcceptSet::of(&[LIST, V2]), Some(LIST));
+        entry.keep(
+            typed(LIST, Kind::Index, 1),
+            AcceptSet::of(&[LIST, V2]),
+            None,
+        );
+        entry.keep(
+            typed(V2, Kind::Index, 2),
+            AcceptSet::of(&[LIST, V2]),
+            Some(LIST),
+        );
         assert_eq!(entry.records.len(), 1);
         assert_eq!(chosen(&entry, &[LIST, V2]).as_deref(), Some(V2));
         // Asked without the old type, the answer says nothing about it.
-        entry.keep(typed(OCI_INDEX, Kind::Index, 3), AcceptSet::of(&[OCI_INDEX]), Some(V2));
+        entry.keep(
+            typed(OCI_INDEX, Kind::Index, 3),
+            AcceptSet::of(&[OCI_INDEX]),
+            Some(V2),
+        );
         assert_eq!(entry.records.len(), 2);
     }
 

@@ -211,12 +211,13 @@ fn default_platform(
         return None;
     }
     let json: serde_json::Value = serde_json::from_slice(&list.bytes).ok()?;
-    let digest = json["manifests"]
-        .as_array()?
-        .iter()
-        .find(|d| d["platform"]["architecture"] == "amd64" && d["platform"]["os"] == "linux")?
-        ["digest"]
-        .as_str()?;
+    let digest =
+        json["manifests"]
+            .as_array()?
+            .iter()
+            .find(|d| d["platform"]["architecture"] == "amd64" && d["platform"]["os"] == "linux")?
+            ["digest"]
+            .as_str()?;
     sim.manifest(name, digest).ok()
 }
 
