@@ -39,7 +39,7 @@ pub const KNOWN_MANIFEST_TYPES: [&str; 7] = [
 /// the image manifest, and schema 1 only to clients that accept nothing
 /// newer. The order of the variants is that preference.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{ALL_MANIFEST_TYPES, AcceptSet, Outcome, Registry, RegistryError};
 use crate::cache::{CacheError, Content, Object, ObjectKey, Verified, read_whole};
 use crate::digest::Digest;
-use crate::reference::{Reference, RepoName, Tag};
+use crate::reference::{Reference, RepoName};
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
 
 /// Media type assumed for a manifest stored without one.

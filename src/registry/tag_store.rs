@@ -54,10 +54,10 @@ impl TagStore {
             return Some(entry);
         }
         let path = self.dir.join(key.file_name());
-        match tokio::fs::read(&path)
+        match tokio::task::spawn_blocking(move || read_entry(&path))
             .await
             .ok()
-            .and_then(|text| serde_json::from_slice::<TagEntry>(&text).ok())
+            .flatten()
         {
             Some(entry) => Some(
                 self.memory
@@ -102,7 +102,12 @@ impl TagStore {
             .memory
             .entry(key.clone())
             .and_upsert_with(|current| {
-                let mut entry = current.map(|c| c.into_value()).unwrap_or_default();
+                // Not in memory (evicted): start from the disk's copy, a
+                // small file, so the change loses no other record.
+                let mut entry = current
+                    .map(|c| c.into_value())
+                    .or_else(|| read_entry(&self.dir.join(key.file_name())))
+                    .unwrap_or_default();
                 change(&mut entry);
                 entry
             })
@@ -134,6 +139,10 @@ impl TagStore {
         });
         entry
     }
+}
+
+fn read_entry(path: &Path) -> Option<TagEntry> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 fn write_entry(dir: &Path, name: &str, entry: &TagEntry) -> std::io::Result<()> {
