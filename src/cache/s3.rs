@@ -3,7 +3,7 @@
 //!
 //! Layout under the configured prefix: `blobs/sha256/ab/<hex>`,
 //! `manifests/sha256/ab/<hex>` (media type as the object's Content-Type),
-//! and `tags/<hash>.json` for tag records.
+//! and `tags/by-tag/<hash>.json` for tag entries (one per tag).
 //!
 //! Writes are conditional (`If-None-Match: *`), so replicas never clobber a
 //! finished object; an overwrite by a store that ignores the condition is

@@ -10,6 +10,8 @@ mod blobs;
 #[cfg(test)]
 mod handoff_tests;
 mod manifests;
+mod tag_store;
+mod tagged;
 mod tags;
 
 use std::path::Path;
@@ -17,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::singleflight::{Abandoned, SingleFlight};
-pub use accept::{ALL_MANIFEST_TYPES, AcceptSet};
+pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
 pub use manifests::ManifestReply;
-pub use tags::{TagKey, TagRecord, TagStore, now_ms};
+pub use tag_store::TagStore;
+pub use tags::{TagEntry, TagKey, TagRecord, now_ms};
 
 use crate::cache::{CacheError, Flights, ObjectKey, TieredCache};
 use crate::digest::DigestMismatch;
@@ -118,7 +121,7 @@ struct Inner {
     tags: TagStore,
     blob_flights: Flights,
     manifest_fetches: SingleFlight<ObjectKey, Option<Result<ManifestReply, RegistryError>>>,
-    tag_checks: SingleFlight<TagKey, Option<Result<manifests::TagCheck, RegistryError>>>,
+    tag_checks: SingleFlight<tagged::CheckKey, Option<Result<tagged::TagCheck, RegistryError>>>,
     stale_retry: Duration,
     metrics: Metrics,
     /// Where tests park a request between its cache miss and its fetch.

@@ -1,51 +1,52 @@
-//! Tag→digest records with the time they were last confirmed upstream.
+//! What a tag pointed at, per media type, and which record serves a client.
+//!
+//! A tag is one [`TagEntry`]: one [`TagRecord`] per media type upstream
+//! answered with (a tag naming a manifest list answers the list to clients
+//! that accept lists and one platform's manifest to those that do not), and
+//! the type upstream answers to a client with no preference. Records are
+//! keyed by what upstream *answered*, never by what a client asked, so the
+//! entry is bounded by the known media types however clients spell their
+//! `Accept`. [`TagEntry::choose`] holds the rule that serves a client.
 //!
 //! Tags move, so a record is trusted for the upstream's TTL and then
-//! revalidated with a HEAD. Records live in memory and, so a restart keeps
-//! serving (stale if upstream is down), as small JSON files under
-//! `<data_dir>/tags/`, written with rename so a crash leaves the old record
-//! or the new one, never half of either.
+//! revalidated with a HEAD; `tag_store` keeps entries in memory, on disk
+//! and in the shared tier.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::sync::Arc;
-
-use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::S3Tier;
+use super::accept::{AcceptSet, Kind};
 use crate::digest::Digest;
 
-/// Tag records kept in memory; the disk holds every one.
-const MEMORY_RECORDS: u64 = 100_000;
-
-/// Identifies one tag answer: the upstream, repository, tag, and the media
-/// types the client accepts (which can change the answer).
+/// Identifies one tag: the upstream, repository and tag name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TagKey {
     pub upstream: String,
     pub repo: String,
     pub tag: String,
-    pub accept: String,
 }
 
 impl TagKey {
-    fn file_name(&self) -> String {
-        let text = format!(
-            "{}\n{}\n{}\n{}",
-            self.upstream, self.repo, self.tag, self.accept
-        );
+    /// The entry's file name, on disk and in the shared tier.
+    pub(super) fn file_name(&self) -> String {
+        let text = format!("{}\n{}\n{}", self.upstream, self.repo, self.tag);
         format!("{}.json", Digest::sha256_of(text.as_bytes()).hex())
     }
 }
 
-/// What a tag pointed at, and when that was last confirmed.
+/// What upstream answered for a tag in one media type, and when that was
+/// last confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRecord {
     pub digest: String,
     pub media_type: String,
     pub size: Option<u64>,
+    /// The richest kind the request that got this answer accepted. Upstream
+    /// answers the richest kind it has, so it had nothing richer than this
+    /// answer up to that kind: the record can serve clients whose richest
+    /// accepted kind is no richer.
+    pub proven_up_to: Kind,
     /// Unix milliseconds of the last successful upstream check.
     pub validated_at_ms: u64,
     /// Unix milliseconds of the last failed check, which postpones the next.
@@ -81,113 +82,143 @@ impl TagRecord {
     }
 }
 
-/// Tag records in memory over disk, over the shared tier when there is
-/// one, where every replica sees the others' revalidations.
-pub struct TagStore {
-    memory: Cache<TagKey, TagRecord>,
-    dir: PathBuf,
-    shared: Option<Arc<S3Tier>>,
+/// Everything known about one tag; one file per tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagEntry {
+    /// The media type upstream answers a client with no preference.
+    #[serde(default)]
+    pub default_type: Option<String>,
+    /// At most one record per media type.
+    #[serde(default)]
+    pub records: Vec<TagRecord>,
 }
 
-impl TagStore {
-    /// Opens the store under `dir`, creating it, over `shared` if given.
-    pub fn open(dir: &Path, shared: Option<Arc<S3Tier>>) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        Ok(TagStore {
-            memory: Cache::new(MEMORY_RECORDS),
-            dir: dir.to_owned(),
-            shared,
-        })
+impl TagEntry {
+    /// The record that answers a client accepting `accept`, fresh or not.
+    ///
+    /// The rule, so that a cached answer is the one upstream would give:
+    /// - A client with no preference (no `Accept`, only `*/*` or only
+    ///   unknown types) gets what upstream answers to no preference: the
+    ///   record of [`default_type`](Self::default_type). distribution
+    ///   ignores `*/*` the same way.
+    /// - A client listing known types is admitted to a record whose type it
+    ///   lists, if the record's [`proven_up_to`](TagRecord::proven_up_to)
+    ///   reaches the richest kind the client lists: a platform manifest
+    ///   that upstream gave a client without list support must not stand
+    ///   in for the list a list-capable client would get.
+    /// - Among admitted records the richest kind wins (index over manifest
+    ///   over schema 1), as a registry answers; then the latest validated.
+    pub fn choose(&self, accept: AcceptSet) -> Option<&TagRecord> {
+        let Some(richest) = accept.richest() else {
+            return self.record(self.default_type.as_deref()?);
+        };
+        self.records
+            .iter()
+            .filter(|r| accept.admits(&r.media_type) && r.proven_up_to >= richest)
+            .max_by_key(|r| (Kind::of(&r.media_type), r.validated_at_ms))
     }
 
-    /// The record another replica left in the shared tier, if it is newer
-    /// than `known`; it is kept locally too.
-    pub async fn newer_shared(&self, key: &TagKey, known: Option<&TagRecord>) -> Option<TagRecord> {
-        let shared = self.shared.as_ref()?;
-        let (bytes, _) = shared.get_small(&shared.tag_key(&key.file_name())).await?;
-        let record: TagRecord = serde_json::from_slice(&bytes).ok()?;
-        let newer = known.is_none_or(|k| record.validated_at_ms > k.validated_at_ms);
-        if newer {
-            self.memory.insert(key.clone(), record.clone());
-        }
-        newer.then_some(record)
+    /// The record of `media_type`, if any.
+    pub fn record(&self, media_type: &str) -> Option<&TagRecord> {
+        self.records.iter().find(|r| r.media_type == media_type)
     }
 
-    /// The record for `key` from memory, else from disk.
-    pub async fn get(&self, key: &TagKey) -> Option<TagRecord> {
-        if let Some(record) = self.memory.get(key) {
-            return Some(record);
-        }
-        let path = self.dir.join(key.file_name());
-        match tokio::fs::read(&path)
-            .await
-            .ok()
-            .and_then(|text| serde_json::from_slice(&text).ok())
+    /// Keeps `record` as the answer in its media type. `asked` is the set
+    /// upstream was asked with: an empty one makes the record the
+    /// no-preference answer. `obsolete` names the type of the record that
+    /// was checked, dropped when `asked` listed it and upstream answered
+    /// another type (the tag changed format). A type pullthrough does not
+    /// know replaces any other such record, so the entry stays bounded.
+    ///
+    /// An answer that confirms a record's digest keeps that record's
+    /// [`proven_up_to`](TagRecord::proven_up_to) if it was richer: a client
+    /// asking for less (or with no preference) must not cost the clients
+    /// that accept more their record.
+    pub fn keep(&mut self, mut record: TagRecord, asked: AcceptSet, obsolete: Option<&str>) {
+        let media_type = record.media_type.clone();
+        if let Some(same) = self
+            .record(&media_type)
+            .filter(|r| r.digest == record.digest)
         {
-            Some(record) => {
-                self.memory.insert(key.clone(), record);
-                self.memory.get(key)
-            }
-            None => self.newer_shared(key, None).await,
+            record.proven_up_to = record.proven_up_to.max(same.proven_up_to);
         }
-    }
-
-    /// Saves `record` in memory now, and on disk and in the shared tier in
-    /// the background. Replicas racing on one tag each write a record they
-    /// just validated, so whichever lands last is as good as the other: a
-    /// lost race costs at most one extra revalidation.
-    pub fn put(&self, key: &TagKey, record: TagRecord) {
-        self.memory.insert(key.clone(), record.clone());
-        let dir = self.dir.clone();
-        let name = key.file_name();
-        if let Some(shared) = self.shared.clone() {
-            let (name, record) = (name.clone(), record.clone());
-            tokio::spawn(async move {
-                if let Ok(json) = serde_json::to_vec(&record) {
-                    shared
-                        .put_small(
-                            &shared.tag_key(&name),
-                            json.into(),
-                            Some("application/json"),
-                            false,
-                        )
-                        .await;
-                }
-            });
+        if let Some(old) = obsolete.filter(|old| *old != media_type && asked.admits(old)) {
+            self.forget(old);
         }
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = write_record(&dir, &name, &record) {
-                tracing::warn!(error = %e, "could not save a tag record");
-            }
+        let unknown = Kind::of(&media_type) == Kind::Other;
+        self.records.retain(|r| {
+            r.media_type != media_type && !(unknown && Kind::of(&r.media_type) == Kind::Other)
         });
+        self.records.push(record);
+        if asked.is_empty() {
+            self.default_type = Some(media_type);
+        }
     }
 
-    /// Forgets a tag that upstream no longer has.
-    pub fn remove(&self, key: &TagKey) {
-        self.memory.invalidate(key);
-        let _ = std::fs::remove_file(self.dir.join(key.file_name()));
+    /// Drops the record of `media_type` (upstream no longer has it).
+    pub fn forget(&mut self, media_type: &str) {
+        self.records.retain(|r| r.media_type != media_type);
+        if self.default_type.as_deref() == Some(media_type) {
+            self.default_type = None;
+        }
     }
-}
 
-fn write_record(dir: &Path, name: &str, record: &TagRecord) -> std::io::Result<()> {
-    let temp = dir.join(format!(".{name}.{}", rand::random::<u64>()));
-    std::fs::write(&temp, serde_json::to_vec(record)?)?;
-    std::fs::rename(&temp, dir.join(name))
+    /// Takes from `other` (another replica's copy) every record validated
+    /// later than ours, and its default type if we have none. Returns
+    /// whether anything changed.
+    pub fn merge(&mut self, other: TagEntry) -> bool {
+        let mut changed = false;
+        for theirs in other.records {
+            let ours = self.record(&theirs.media_type);
+            if ours.is_none_or(|o| theirs.validated_at_ms > o.validated_at_ms) {
+                self.records.retain(|r| r.media_type != theirs.media_type);
+                self.records.push(theirs);
+                changed = true;
+            }
+        }
+        if self.default_type.is_none() && other.default_type.is_some() {
+            self.default_type = other.default_type;
+            changed = true;
+        }
+        changed
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    const V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+    const PRETTYJWS: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    const V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+
     fn record(validated: u64, failed: Option<u64>) -> TagRecord {
         TagRecord {
             digest: format!("sha256:{}", "a".repeat(64)),
-            media_type: "m".into(),
+            media_type: V2.into(),
             size: Some(1),
+            proven_up_to: Kind::Index,
             validated_at_ms: validated,
             failed_at_ms: failed,
             previous_digest: None,
         }
+    }
+
+    fn typed(media_type: &str, proven_up_to: Kind, validated: u64) -> TagRecord {
+        TagRecord {
+            media_type: media_type.into(),
+            proven_up_to,
+            ..record(validated, None)
+        }
+    }
+
+    fn chosen(entry: &TagEntry, accept: &[&str]) -> Option<String> {
+        entry
+            .choose(AcceptSet::of(accept))
+            .map(|r| r.media_type.clone())
     }
 
     #[test]
@@ -200,30 +231,132 @@ mod tests {
         assert!(!record(1_000, Some(20_000)).is_fresh(22_000, ttl, retry));
     }
 
-    #[tokio::test]
-    async fn records_survive_a_new_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = TagKey {
-            upstream: "u".into(),
-            repo: "r".into(),
-            tag: "t".into(),
-            accept: "".into(),
-        };
-        let store = TagStore::open(dir.path(), None).unwrap();
-        store.put(&key, record(5, None));
-        // The disk write runs in the background; wait for it.
-        for _ in 0..100 {
-            if dir.path().join(key.file_name()).exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let reopened = TagStore::open(dir.path(), None).unwrap();
-        assert_eq!(reopened.get(&key).await, Some(record(5, None)));
-        reopened.remove(&key);
-        assert_eq!(
-            TagStore::open(dir.path(), None).unwrap().get(&key).await,
-            None
+    #[test]
+    fn one_record_serves_every_client_that_lists_its_type() {
+        let mut entry = TagEntry::default();
+        entry.keep(
+            typed(LIST, Kind::Index, 1),
+            AcceptSet::of(&[LIST, V2]),
+            None,
         );
+        let dockerd = [V2, LIST, OCI, OCI_INDEX, PRETTYJWS, "application/json"];
+        let containerd = [V2, LIST, OCI, OCI_INDEX, "*/*"];
+        let containers_image = [OCI, OCI_INDEX, LIST, V2, PRETTYJWS, V1];
+        for accept in [&dockerd[..], &containerd, &containers_image] {
+            assert_eq!(chosen(&entry, accept).as_deref(), Some(LIST));
+        }
+        assert_eq!(chosen(&entry, &[OCI_INDEX, OCI]), None, "list not listed");
+    }
+
+    #[test]
+    fn a_platform_manifest_does_not_stand_in_for_a_list() {
+        let mut entry = TagEntry::default();
+        // A client without list support got one platform's manifest.
+        entry.keep(typed(V2, Kind::Manifest, 1), AcceptSet::of(&[V2]), None);
+        assert_eq!(chosen(&entry, &[V2]).as_deref(), Some(V2));
+        assert_eq!(chosen(&entry, &[V2, PRETTYJWS]).as_deref(), Some(V2));
+        assert_eq!(chosen(&entry, &[V2, LIST]), None, "the list may exist");
+        // Once a list-capable client got the list, it wins for such clients
+        // and the platform manifest still serves the others.
+        entry.keep(
+            typed(LIST, Kind::Index, 2),
+            AcceptSet::of(&[V2, LIST]),
+            None,
+        );
+        assert_eq!(chosen(&entry, &[V2, LIST]).as_deref(), Some(LIST));
+        assert_eq!(chosen(&entry, &[V2]).as_deref(), Some(V2));
+        assert_eq!(entry.records.len(), 2);
+    }
+
+    #[test]
+    fn a_narrower_confirmation_keeps_the_wider_proof() {
+        let mut entry = TagEntry::default();
+        entry.keep(typed(V2, Kind::Index, 1), AcceptSet::of(&[V2, LIST]), None);
+        entry.keep(typed(V2, Kind::Manifest, 2), AcceptSet::default(), None);
+        assert_eq!(entry.record(V2).unwrap().proven_up_to, Kind::Index);
+        assert_eq!(chosen(&entry, &[V2, LIST]).as_deref(), Some(V2));
+        // A new digest is a new answer: its own proof only.
+        let moved = TagRecord {
+            digest: format!("sha256:{}", "b".repeat(64)),
+            ..typed(V2, Kind::Manifest, 3)
+        };
+        entry.keep(moved, AcceptSet::of(&[V2]), None);
+        assert_eq!(entry.record(V2).unwrap().proven_up_to, Kind::Manifest);
+        assert_eq!(chosen(&entry, &[V2, LIST]), None);
+    }
+
+    #[test]
+    fn the_richest_admitted_record_wins() {
+        let mut entry = TagEntry::default();
+        entry.keep(typed(V2, Kind::Index, 5), AcceptSet::of(&[V2, LIST]), None);
+        entry.keep(
+            typed(OCI_INDEX, Kind::Index, 1),
+            AcceptSet::of(&[OCI_INDEX]),
+            None,
+        );
+        assert_eq!(chosen(&entry, &[V2, OCI_INDEX]).as_deref(), Some(OCI_INDEX));
+        assert_eq!(chosen(&entry, &[V2, LIST]).as_deref(), Some(V2));
+    }
+
+    #[test]
+    fn no_preference_gets_upstreams_default_answer() {
+        let mut entry = TagEntry::default();
+        entry.keep(typed(LIST, Kind::Index, 1), AcceptSet::of(&[LIST]), None);
+        assert_eq!(chosen(&entry, &[]), None, "default not known yet");
+        assert_eq!(chosen(&entry, &["*/*", "application/x-junk"]), None);
+        entry.keep(typed(V2, Kind::Manifest, 2), AcceptSet::default(), None);
+        assert_eq!(entry.default_type.as_deref(), Some(V2));
+        assert_eq!(chosen(&entry, &[]).as_deref(), Some(V2));
+        assert_eq!(chosen(&entry, &[LIST, V2]).as_deref(), Some(LIST));
+    }
+
+    #[test]
+    fn a_tag_that_changed_format_drops_the_old_record() {
+        let mut entry = TagEntry::default();
+        entry.keep(
+            typed(LIST, Kind::Index, 1),
+            AcceptSet::of(&[LIST, V2]),
+            None,
+        );
+        entry.keep(
+            typed(V2, Kind::Index, 2),
+            AcceptSet::of(&[LIST, V2]),
+            Some(LIST),
+        );
+        assert_eq!(entry.records.len(), 1);
+        assert_eq!(chosen(&entry, &[LIST, V2]).as_deref(), Some(V2));
+        // Asked without the old type, the answer says nothing about it.
+        entry.keep(
+            typed(OCI_INDEX, Kind::Index, 3),
+            AcceptSet::of(&[OCI_INDEX]),
+            Some(V2),
+        );
+        assert_eq!(entry.records.len(), 2);
+    }
+
+    #[test]
+    fn records_stay_bounded_by_the_known_types() {
+        let mut entry = TagEntry::default();
+        for i in 0..50 {
+            entry.keep(typed(V2, Kind::Index, i), AcceptSet::of(&[V2]), None);
+            let odd = format!("application/x-odd-{i}");
+            entry.keep(typed(&odd, Kind::Other, i), AcceptSet::default(), None);
+        }
+        assert_eq!(entry.records.len(), 2);
+        assert_eq!(entry.default_type.as_deref(), Some("application/x-odd-49"));
+    }
+
+    #[test]
+    fn merging_takes_only_newer_records() {
+        let mut ours = TagEntry::default();
+        ours.keep(typed(V2, Kind::Index, 10), AcceptSet::of(&[V2]), None);
+        let mut theirs = TagEntry::default();
+        theirs.keep(typed(V2, Kind::Index, 5), AcceptSet::of(&[V2]), None);
+        assert!(!ours.clone().merge(theirs.clone()));
+        theirs.keep(typed(LIST, Kind::Index, 20), AcceptSet::default(), None);
+        assert!(ours.merge(theirs));
+        assert_eq!(ours.records.len(), 2);
+        assert_eq!(ours.record(V2).unwrap().validated_at_ms, 10);
+        assert_eq!(ours.default_type.as_deref(), Some(LIST));
     }
 }

@@ -15,6 +15,21 @@ pub const DOCKERD_ACCEPT: [&str; 6] = [
     "application/json",
 ];
 
+/// containerd's one `Accept` line when it resolves a tag.
+pub const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+
+/// The `Accept` lines of containers/image (skopeo, podman, CRI-O), one each.
+pub const CONTAINERS_IMAGE_ACCEPT: [&str; 6] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+];
+
 /// One GET or HEAD answer, whole.
 #[derive(Debug)]
 pub struct Answer {
@@ -117,6 +132,25 @@ impl Client {
         self.send("HEAD", &path, Self::dockerd_headers())
             .await
             .expect("HEAD completes")
+    }
+
+    /// A manifest GET or HEAD (`method`) sending each of `accept` as its
+    /// own `Accept` line (none at all when empty).
+    pub async fn manifest_accepting(
+        &self,
+        method: &str,
+        repo: &str,
+        reference: &str,
+        accept: &[&str],
+    ) -> Answer {
+        let mut headers = HeaderMap::new();
+        for value in accept {
+            headers.append(ACCEPT, HeaderValue::from_str(value).unwrap());
+        }
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        self.send(method, &path, headers)
+            .await
+            .expect("request completes")
     }
 
     /// A blob GET; `Err` when the transfer broke.

@@ -8,7 +8,9 @@
 //! * **Registry** ([`HubSim::registry_url`], like `registry-1.docker.io`):
 //!   every request needs a bearer token; without one it answers 401 with a
 //!   `WWW-Authenticate: Bearer realm=...,service=...,scope=...` challenge.
-//!   Manifests are content-negotiated on `Accept` and metered by a per-client
+//!   Manifests are content-negotiated on `Accept` (a client that does not
+//!   accept a tag's manifest list gets its linux/amd64 manifest, as from
+//!   distribution) and metered by a per-client
 //!   pull **rate limit** (`ratelimit-*` headers, 429 `TOOMANYREQUESTS` once
 //!   spent). Blob requests never carry bytes: they **307-redirect to the CDN**.
 //! * **Token realm** ([`HubSim::realm_url`], like `auth.docker.io`): issues

@@ -11,13 +11,13 @@ use http::{HeaderValue, Method, StatusCode, header};
 
 use super::realm::SERVICE;
 use super::server::PeerAddr;
-use super::state::{Grant, LookupError, Shared, bump};
+use super::state::{Grant, LookupError, Shared, StoredManifest, bump};
 use super::util::{
     bearer_token, body_with_fault, json, oci_error, parse_query, percent_decode, query_get,
     random_hex, set_header, status_fault, too_many_requests, valid_digest, valid_repo_name,
     valid_tag, with_body,
 };
-use super::{Fault, FaultTarget};
+use super::{DOCKER_MANIFEST_LIST, Fault, FaultTarget};
 
 /// The rate-limit window Docker Hub advertises (6 hours).
 const WINDOW: &str = "w=21600";
@@ -200,6 +200,27 @@ fn accepts(parts: &Parts, media_type: &str) -> bool {
     !any
 }
 
+/// What distribution answers a client that asks for a Docker manifest list
+/// by tag but does not accept lists: the list's linux/amd64 manifest.
+fn default_platform(
+    sim: &Shared,
+    name: &str,
+    list: &StoredManifest,
+) -> Option<(String, StoredManifest)> {
+    if list.media_type != DOCKER_MANIFEST_LIST {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&list.bytes).ok()?;
+    let digest =
+        json["manifests"]
+            .as_array()?
+            .iter()
+            .find(|d| d["platform"]["architecture"] == "amd64" && d["platform"]["os"] == "linux")?
+            ["digest"]
+            .as_str()?;
+    sim.manifest(name, digest).ok()
+}
+
 /// Pre-header faults shared by manifests and blobs: sleeps for `Slow`,
 /// returns the error or redirect response for the others.
 async fn pre_header_fault(
@@ -267,6 +288,11 @@ async fn manifest(
             return failure("NAME_UNKNOWN", "repository name not known to registry");
         }
         Err(LookupError::NoManifest) => return failure("MANIFEST_UNKNOWN", "manifest unknown"),
+    };
+    let (digest, m) = if !accepts(parts, &m.media_type) && !reference.contains(':') {
+        default_platform(sim, name, &m).unwrap_or((digest, m))
+    } else {
+        (digest, m)
     };
     if !accepts(parts, &m.media_type) {
         return failure(
