@@ -10,6 +10,7 @@ mod blobs;
 #[cfg(test)]
 mod handoff_tests;
 mod manifests;
+mod referrers;
 mod tags;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet};
 pub use blobs::{BlobBody, BlobReply};
 pub use manifests::ManifestReply;
+pub use referrers::{ReferrersReply, fallback_tag};
 pub use tags::{TagKey, TagRecord, TagStore, now_ms};
 
 use crate::cache::{CacheError, Flights, ObjectKey, TieredCache};
@@ -116,6 +118,7 @@ struct Inner {
     upstreams: Upstreams,
     cache: TieredCache,
     tags: TagStore,
+    referrers: referrers::ReferrersStore,
     blob_flights: Flights,
     manifest_fetches: SingleFlight<ObjectKey, Option<Result<ManifestReply, RegistryError>>>,
     tag_checks: SingleFlight<TagKey, Option<Result<manifests::TagCheck, RegistryError>>>,
@@ -147,6 +150,7 @@ impl Registry {
             upstreams,
             cache,
             tags,
+            referrers: Default::default(),
             blob_flights: Flights::new(metrics.clone()),
             manifest_fetches: SingleFlight::default(),
             tag_checks: SingleFlight::default(),
