@@ -188,9 +188,9 @@ impl Registry {
         let manifests: Vec<Value> = descriptors
             .into_iter()
             .filter(|d| {
-                wanted.as_deref().is_none_or(|w| {
-                    d.get(ARTIFACT_TYPE).and_then(Value::as_str) == Some(w)
-                })
+                wanted
+                    .as_deref()
+                    .is_none_or(|w| d.get(ARTIFACT_TYPE).and_then(Value::as_str) == Some(w))
             })
             .collect();
         let index = json!({

@@ -133,6 +133,9 @@ pub(super) struct Shared {
     pub rate_limit_headers: bool,
     /// The repository prefix the front redirects under, if there is a front.
     pub front_prefix: Option<String>,
+    pub auth: super::SimAuth,
+    pub blob_redirect: http::StatusCode,
+    pub referrers_api: bool,
     pub counters: AtomicCounters,
     blobs: Mutex<HashMap<String, Bytes>>,
     repos: Mutex<HashMap<String, Repo>>,
@@ -161,6 +164,10 @@ impl Shared {
             users: opts.users.clone(),
             rate_limit_headers: !opts.no_rate_limit_headers,
             front_prefix: opts.front_prefix.clone(),
+            auth: opts.auth.clone(),
+            blob_redirect: http::StatusCode::from_u16(opts.blob_redirect.unwrap_or(307))
+                .expect("a redirect status"),
+            referrers_api: opts.referrers_api,
             counters: AtomicCounters::default(),
             blobs: Mutex::default(),
             repos: Mutex::default(),
@@ -233,6 +240,16 @@ impl Shared {
         };
         let m = r.manifests.get(digest).ok_or(LookupError::NoManifest)?;
         Ok((digest.to_owned(), m.clone()))
+    }
+
+    /// Every manifest of a repository; `None` when the repository is unknown.
+    pub fn manifests(&self, repo: &str) -> Option<Vec<(String, StoredManifest)>> {
+        lock(&self.repos).get(repo).map(|r| {
+            r.manifests
+                .iter()
+                .map(|(d, m)| (d.clone(), m.clone()))
+                .collect()
+        })
     }
 
     /// All tags of a repository, sorted; `None` when the repository is unknown.
