@@ -210,12 +210,22 @@ fn reply(record: &ReferrersRecord, outcome: Outcome) -> ReferrersReply {
     }
 }
 
-/// The referrers tag schema's tag for `digest`: `<alg>-<ref>`, truncated to
-/// 128 characters as the spec says.
+/// The referrers tag schema's tag for `digest`: the algorithm truncated to
+/// 32 characters, `-`, the encoded part truncated to 64, with any character
+/// a tag may not hold replaced by `-`, as the distribution-spec says.
 pub fn fallback_tag(digest: &Digest) -> String {
-    let mut tag = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
-    tag.truncate(128);
-    tag
+    let algorithm: String = digest.algorithm().as_str().chars().take(32).collect();
+    let encoded: String = digest.hex().chars().take(64).collect();
+    format!("{algorithm}-{encoded}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// The descriptors of an index body (one already checked by `is_index`).
@@ -262,6 +272,8 @@ mod tests {
     fn the_fallback_tag_follows_the_schema() {
         let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         assert_eq!(fallback_tag(&digest), format!("sha256-{}", "ab".repeat(32)));
+        let long: Digest = format!("sha512:{}", "c".repeat(128)).parse().unwrap();
+        assert_eq!(fallback_tag(&long), format!("sha512-{}", "c".repeat(64)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! [`SimOptions::referrers_api`](super::SimOptions::referrers_api) turns it
 //! on: an image index of every manifest in the repository whose `subject`
 //! is the digest, each descriptor carrying its `artifactType` (or its
-//! config's media type), filtered by `?artifactType=` with
+//! config's media type) and annotations, filtered by `?artifactType=` with
 //! `OCI-Filters-Applied: artifactType` when asked.
 
 use axum::response::Response;
@@ -41,6 +41,7 @@ pub(super) fn list(sim: &Shared, parts: &Parts, name: &str, digest: &str) -> Res
                     "digest": d,
                     "size": m.bytes.len(),
                     "artifactType": artifact_type,
+                    "annotations": v["annotations"],
                 })
             })
         })
