@@ -4,18 +4,21 @@
 //! status, registry.k8s.io's redirect to another registry. Through
 //! pullthrough, each gets a cold pull, a warm pull that asks upstream
 //! nothing, and a tag revalidation by one HEAD; routing by path prefix and
-//! by `?ns=`, and the `library/` rule for docker.io only.
+//! by `?ns=`, and the `library/` rule for docker.io only. A raw client
+//! checks that each profile challenges and redirects as its registry does.
 
 mod support;
 
 use std::time::Duration;
 
 use pullthrough::config::UpstreamConfig;
+use reqwest::StatusCode;
 use support::client::Client;
 use support::hubsim::profile::{Profile, SimAuth};
 use support::hubsim::{HubSim, SimOptions};
 use support::image::{Format, Image, image};
 use support::proxy::{Proxy, config};
+use support::simclient::{client, header_str, token};
 
 /// A tag TTL short enough to wait out.
 const TTL: Duration = Duration::from_secs(1);
@@ -149,5 +152,68 @@ async fn every_built_in_upstream_pulls_cold_then_warm_then_revalidates() {
         assert_eq!(counters.cdn_gets, 0, "{}", p.context());
         assert!(p.proxy.outcomes("revalidated") >= 1, "{profile:?}");
         p.proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn each_profile_challenges_and_redirects_blobs_as_its_registry_does() {
+    for (seed, profile) in (50..).zip(Profile::ALL) {
+        let p = play(profile, seed).await;
+        let c = client();
+        let layer = support::sha256_digest(&p.app.layers[0]);
+        let url = p
+            .sim
+            .front_url
+            .clone()
+            .unwrap_or_else(|| p.sim.registry_url.clone());
+        let repo = if profile == Profile::DockerHub {
+            "library/app"
+        } else {
+            "app"
+        };
+        let blob = format!("{url}/v2/{repo}/blobs/{layer}");
+
+        let bare = c.get(&blob).send().await.unwrap();
+        let challenge = bare
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let token = match (&p.options.auth, profile) {
+            // The front asks for nothing; its blobs go straight to storage.
+            (_, Profile::K8s) | (SimAuth::None, _) => {
+                assert_eq!(challenge, None, "{profile:?}");
+                None
+            }
+            (SimAuth::RealmHost, _) => {
+                let realm = format!("realm=\"{}/token\"", p.sim.realm_url);
+                assert!(challenge.unwrap().contains(&realm), "{profile:?}");
+                Some(token(&c, &p.sim, repo).await)
+            }
+            (SimAuth::OwnHost(path), _) => {
+                let realm = format!("realm=\"{}{path}\"", p.sim.registry_url);
+                assert!(challenge.unwrap().contains(&realm), "{profile:?}");
+                let scope = format!("service=registry.sim&scope=repository:{repo}:pull");
+                let answer = c
+                    .get(format!("{}{path}?{scope}", p.sim.registry_url))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), StatusCode::OK, "{profile:?}");
+                let v: serde_json::Value = answer.json().await.unwrap();
+                Some(v["token"].as_str().unwrap().to_owned())
+            }
+        };
+        let mut request = c.get(&blob);
+        if let Some(t) = &token {
+            request = request.bearer_auth(t);
+        }
+        let redirected = request.send().await.unwrap();
+        let status = p.options.blob_redirect.unwrap();
+        assert_eq!(redirected.status().as_u16(), status, "{profile:?}");
+        let location = header_str(&redirected, "location");
+        assert!(
+            location.starts_with(&p.sim.cdn_url),
+            "{profile:?}: {location}"
+        );
     }
 }
