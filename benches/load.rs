@@ -3,7 +3,9 @@
 //!
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
 //! each wrk run; default 5, which makes the whole bench about 1.5 to 2
-//! minutes, the S3 rows included).
+//! minutes, the S3 rows included, plus a minute or two for the rollout).
+//! `BENCH_ONLY=rollout` runs only the cluster-rollout rows, which need
+//! none of the programs below.
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -27,6 +29,11 @@
 //! fetches (target: 1) and check every client's bytes. Last, with s3s-fs,
 //! fresh replicas sharing a bucket serve the 200 MB blob and many 100 KiB
 //! blobs from S3 (see `load/s3tier.rs`), with no upstream request.
+//! Last, a cluster rollout: 1,000 and then 2,000 clients GET one cold 8 MB
+//! layer from a fresh pullthrough while the upstream trickles it out at
+//! 1 MB/s, counting upstream fetches, pullthrough's peak anonymous memory
+//! and threads, and the latency of warm requests made meanwhile (see
+//! `load/rollout.rs`).
 //!
 //! The figures that matter are the **ratios to nginx**, not the absolute
 //! numbers: wrk, the servers and the simulator share the same (often small,
@@ -39,10 +46,16 @@
 mod coalesce;
 #[path = "load/http.rs"]
 mod http;
+#[path = "load/probe.rs"]
+mod probe;
 #[path = "load/procs.rs"]
 mod procs;
+#[path = "load/procstat.rs"]
+mod procstat;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/rollout.rs"]
+mod rollout;
 #[path = "load/s3tier.rs"]
 mod s3tier;
 #[path = "load/servers.rs"]
@@ -152,6 +165,26 @@ fn bench_seconds() -> Result<u64, String> {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err(format!(
                 "BENCH_SECONDS must be a whole number of seconds >= 1, not {v:?}"
+            )),
+        },
+    }
+}
+
+/// Which rows run: `BENCH_ONLY` unset (or empty) runs them all.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    Rollout,
+}
+
+fn only() -> Result<Only, String> {
+    match std::env::var("BENCH_ONLY") {
+        Err(_) => Ok(Only::All),
+        Ok(v) => match v.trim() {
+            "" => Ok(Only::All),
+            "rollout" => Ok(Only::Rollout),
+            _ => Err(format!(
+                "BENCH_ONLY must be `rollout` (or unset for every row), not {v:?}"
             )),
         },
     }
@@ -342,9 +375,9 @@ fn settle(sim: &HubSim) {
 }
 
 fn run() -> Result<(), String> {
+    let only = only()?;
     let seconds = bench_seconds()?;
-    let tools = find_tools()?;
-    let s3s_fs = s3tier::find_s3s_fs();
+    procs::raise_open_files_limit()?;
     let binary = procs::pullthrough_binary()?;
     // The simulator only does real work on cold misses: one worker thread.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -353,6 +386,13 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     procs::handle_signals(&rt);
+    if only == Only::Rollout {
+        println!("load bench: rollout rows only (BENCH_ONLY=rollout)");
+        println!("pullthrough: {}", binary.display());
+        return rollout::run(&rt, &binary);
+    }
+    let tools = find_tools()?;
+    let s3s_fs = s3tier::find_s3s_fs();
     let sim = rt.block_on(HubSim::start());
     let s3_small = s3s_fs.as_ref().map_or(0, |_| s3tier::SMALL_BLOBS);
     let fx = seed(&sim, s3_small);
@@ -446,5 +486,6 @@ fn run() -> Result<(), String> {
             s3tier::print(&result);
         }
     }
-    Ok(())
+    // Only pullthrough takes part; the other servers stay up but idle.
+    rollout::run(&rt, &binary)
 }

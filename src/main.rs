@@ -112,6 +112,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _log_guard = init_logging(config.log_format);
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking work is file work on a pool of 16 (see `cache`), plus the
@@ -127,6 +128,16 @@ fn main() -> ExitCode {
             eprintln!("pullthrough: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every client connection is a file descriptor, and a rollout brings
+/// thousands at once: the soft limit (often 1024) is raised to the hard one,
+/// as Go servers do at start.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
 }
 

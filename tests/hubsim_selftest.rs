@@ -666,6 +666,33 @@ async fn blob_body_faults() {
 }
 
 #[tokio::test]
+async fn cdn_bandwidth_limit_paces_blob_bodies() {
+    let sim = HubSim::start_with(SimOptions {
+        cdn_bytes_per_sec: Some(1_000_000),
+        ..Default::default()
+    })
+    .await;
+    let layer = random_bytes(500_000, 11);
+    let img = sim.push_image("library/alpine", "latest", std::slice::from_ref(&layer));
+    let c = client();
+    let tok = token(&c, &sim, "library/alpine").await;
+
+    let started = Instant::now();
+    let resp = fetch_blob_via_cdn(&c, &sim, "library/alpine", &tok, &img.layer_digests[0]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap(), layer);
+    // In 64 KiB chunks, the last leaves once the 458,752 bytes before it
+    // would have taken 1 MB/s: at least 0.45 s.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450), "unthrottled: {took:?}");
+
+    // Body faults still apply to a throttled body.
+    sim.set_fault(FaultTarget::Blobs, Fault::TruncatedBody, Some(1));
+    let resp = fetch_blob_via_cdn(&c, &sim, "library/alpine", &tok, &img.layer_digests[0]).await;
+    assert_eq!(resp.bytes().await.unwrap(), layer.slice(..250_000));
+}
+
+#[tokio::test]
 async fn manifest_faults() {
     let sim = HubSim::start().await;
     let img = sim.push_image("library/alpine", "latest", &[random_bytes(100, 11)]);

@@ -103,6 +103,15 @@ pub fn pullthrough_binary() -> Result<PathBuf, String> {
     Ok(binary)
 }
 
+/// Raises this process's soft limit on open files to its hard limit and
+/// returns the limit now in force. A rollout burst holds thousands of
+/// sockets open at once, on both ends; the servers the bench starts
+/// afterwards inherit the raised limit.
+pub fn raise_open_files_limit() -> Result<u64, String> {
+    rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| format!("cannot raise the open files limit (RLIMIT_NOFILE): {e}"))
+}
+
 /// Fails once the bench was interrupted, so it winds down through the
 /// ordinary error path and every guard and temporary directory is dropped.
 pub fn check_interrupted() -> Result<(), String> {
@@ -178,6 +187,11 @@ impl ChildGuard {
             name: name.to_owned(),
             child: Some(child),
         })
+    }
+
+    /// The child's process id, while it has not been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `Some(status)` once the child has exited.

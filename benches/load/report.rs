@@ -162,7 +162,7 @@ fn notes(rows: &[Row]) -> Vec<String> {
 }
 
 /// The most frequent request kinds (query strings dropped), with counts.
-fn summarise(requests: &[String]) -> String {
+pub fn summarise(requests: &[String]) -> String {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for request in requests {
         let kind = request.split('?').next().unwrap_or(request);

@@ -34,6 +34,11 @@ impl Server {
         self.dir.path()
     }
 
+    /// The server's process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
         tail(&self.log, 15)

@@ -119,6 +119,10 @@ pub struct SimOptions {
     /// Serve the OCI 1.1 referrers API; without it the endpoint is 404,
     /// as on registries that predate it.
     pub referrers_api: bool,
+    /// Bandwidth of each CDN GET body in bytes per second; `None` (or 0) =
+    /// as fast as loopback goes. A slow upstream holds a download in flight
+    /// long enough for a whole fleet of clients to join it.
+    pub cdn_bytes_per_sec: Option<u64>,
 }
 
 /// An image stored by [`HubSim::push_image`].

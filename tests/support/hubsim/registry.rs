@@ -290,7 +290,7 @@ async fn manifest(
     }
     let (body, len) = if get {
         let fault = sim.take_fault(FaultTarget::Manifests, Fault::is_body_fault);
-        body_with_fault(m.bytes, fault)
+        body_with_fault(m.bytes, fault, None)
     } else {
         (Body::empty(), m.bytes.len() as u64)
     };

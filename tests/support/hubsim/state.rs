@@ -136,6 +136,8 @@ pub(super) struct Shared {
     pub auth: super::SimAuth,
     pub blob_redirect: http::StatusCode,
     pub referrers_api: bool,
+    /// See [`super::SimOptions::cdn_bytes_per_sec`]; never `Some(0)`.
+    pub cdn_bytes_per_sec: Option<u64>,
     pub counters: AtomicCounters,
     blobs: Mutex<HashMap<String, Bytes>>,
     repos: Mutex<HashMap<String, Repo>>,
@@ -168,6 +170,7 @@ impl Shared {
             blob_redirect: http::StatusCode::from_u16(opts.blob_redirect.unwrap_or(307))
                 .expect("a redirect status"),
             referrers_api: opts.referrers_api,
+            cdn_bytes_per_sec: opts.cdn_bytes_per_sec.filter(|&rate| rate > 0),
             counters: AtomicCounters::default(),
             blobs: Mutex::default(),
             repos: Mutex::default(),

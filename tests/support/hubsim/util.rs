@@ -242,15 +242,30 @@ fn chunks(bytes: Bytes) -> impl Iterator<Item = Result<Bytes, std::io::Error>> +
     (0..len.div_ceil(CHUNK)).map(move |i| Ok(bytes.slice(i * CHUNK..len.min((i + 1) * CHUNK))))
 }
 
-/// A streamed body for `bytes` with an optional body fault applied, and the
-/// `Content-Length` to announce for it.
+/// A streamed body for `bytes` with an optional body fault applied, paced
+/// to `bytes_per_sec` when given, and the `Content-Length` to announce for it.
 ///
 /// * `ResetMidBody`: announces the full length, sends the first half, pauses
 ///   briefly, then fails the stream so hyper drops the connection.
 /// * `TruncatedBody`: a well-formed response carrying only the first half.
 /// * `WrongBytes`: full length with the middle byte inverted.
 /// * anything else (or `None`): the bytes as they are.
-pub(super) fn body_with_fault(bytes: Bytes, fault: Option<Fault>) -> (Body, u64) {
+pub(super) fn body_with_fault(
+    bytes: Bytes,
+    fault: Option<Fault>,
+    bytes_per_sec: Option<u64>,
+) -> (Body, u64) {
+    let (s, len) = stream_with_fault(bytes, fault);
+    match bytes_per_sec.filter(|&rate| rate > 0) {
+        Some(rate) => (Body::from_stream(throttle(s, rate)), len),
+        None => (Body::from_stream(s), len),
+    }
+}
+
+/// A body's chunks, as [`body_with_fault`] describes them.
+type ChunkStream = futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+fn stream_with_fault(bytes: Bytes, fault: Option<Fault>) -> (ChunkStream, u64) {
     use futures_util::stream::{self, StreamExt};
     let full = bytes.len() as u64;
     let half = bytes.len() / 2;
@@ -264,20 +279,37 @@ pub(super) fn body_with_fault(bytes: Bytes, fault: Option<Fault>) -> (Body, u64)
                 ))
             });
             let s = stream::iter(chunks(bytes.slice(..half))).chain(tail);
-            (Body::from_stream(s), full)
+            (s.boxed(), full)
         }
         Some(Fault::TruncatedBody) => {
             let s = stream::iter(chunks(bytes.slice(..half)));
-            (Body::from_stream(s), half as u64)
+            (s.boxed(), half as u64)
         }
         Some(Fault::WrongBytes) if !bytes.is_empty() => {
             let mut v = bytes.to_vec();
             v[half] ^= 0xFF;
-            (
-                Body::from_stream(stream::iter(chunks(Bytes::from(v)))),
-                full,
-            )
+            (stream::iter(chunks(Bytes::from(v))).boxed(), full)
         }
-        _ => (Body::from_stream(stream::iter(chunks(bytes))), full),
+        _ => (stream::iter(chunks(bytes)).boxed(), full),
     }
+}
+
+/// Paces `s` to `bytes_per_sec`: each chunk leaves once the bytes before
+/// it would have taken that long at this rate, counted from the first poll.
+fn throttle(s: ChunkStream, bytes_per_sec: u64) -> ChunkStream {
+    use futures_util::stream::StreamExt;
+    let mut started = None;
+    let mut sent = 0u64;
+    s.then(move |item| {
+        let start = *started.get_or_insert_with(tokio::time::Instant::now);
+        let due = start + Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+        if let Ok(chunk) = &item {
+            sent += chunk.len() as u64;
+        }
+        async move {
+            tokio::time::sleep_until(due).await;
+            item
+        }
+    })
+    .boxed()
 }

@@ -1,0 +1,311 @@
+//! Cluster rollout: a fleet of nodes pulls the same new layer in the same
+//! second. Each client opens its own connection and GETs one cold 8 MB
+//! layer while the simulator's CDN trickles it out at 1 MB/s, so every
+//! client joins the one download and waits on it. A pull-through cache
+//! should then cost what one pull costs: one upstream fetch, memory and
+//! threads that do not grow with the number of clients, and warm requests
+//! (from the memory tier and from disk) answered as fast as when idle.
+//!
+//! Each fleet size gets a fresh pullthrough process (its idle figures are
+//! not skewed by the previous burst) and its own never-fetched layer. The
+//! process's `RssAnon` and `Threads` are sampled from `/proc` every 20 ms;
+//! a prober on its own thread times sequential warm GETs, each on a fresh
+//! connection, first idle and then during the burst.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::probe::{self, Target, Timings};
+use super::procstat::{self, Peak, Sampler};
+use super::servers::{self, Server};
+use super::support::hubsim::{HubSim, SimOptions};
+use super::{Fixture, http, procs, report};
+
+/// Clients per burst, one burst each.
+const FLEETS: [usize; 2] = [1_000, 2_000];
+/// The cold layer every client of a burst asks for.
+const LAYER: usize = 8_000_000;
+/// The CDN's pace: the download takes 8 s, long enough for all to join.
+const UPSTREAM_BYTES_PER_SEC: u64 = 1_000_000;
+/// Warm blob answered from the memory tier (under its 1 MiB object limit).
+const MEMORY_BLOB: usize = 64 * 1024;
+/// Warm blob answered from disk (over the memory tier's object limit).
+const DISK_BLOB: usize = 4 * 1024 * 1024;
+/// Prober rounds (one GET of each warm blob) before the burst.
+const IDLE_ROUNDS: usize = 200;
+/// Most prober rounds during the burst, and the pause between two.
+const BURST_ROUNDS: usize = 300;
+const BURST_PAUSE: Duration = Duration::from_millis(20);
+/// How often `/proc/<pid>/status` is read.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// Bound on one client's whole answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Worker threads of the clients' runtime (they hash every byte).
+const CLIENT_THREADS: usize = 2;
+/// File descriptors each side needs besides one per client.
+const SPARE_FILES: u64 = 512;
+const ANON_TARGET: u64 = 256 * 1024 * 1024;
+const THREADS_TARGET: u64 = 100;
+const P99_TARGET: f64 = 2.0;
+
+/// What one burst cost.
+struct Fleet {
+    clients: usize,
+    upstream_fetches: u64,
+    clients_ok: usize,
+    errors: Vec<String>,
+    elapsed: Duration,
+    idle_anon: u64,
+    peak: Peak,
+    idle: Timings,
+    burst: Timings,
+    /// `hit-memory` and `hit-disk` answers pullthrough counted for the idle
+    /// probes, to show each warm blob came from the tier it stands for.
+    idle_hits: (u64, u64),
+    /// What explains an upstream fetch count other than 1.
+    notes: Vec<String>,
+}
+
+/// Runs one burst per fleet size against fresh pullthrough processes in
+/// front of a throttled simulator of its own, printing each as it ends.
+pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(), String> {
+    let sim = rt.block_on(HubSim::start_with(SimOptions {
+        cdn_bytes_per_sec: Some(UPSTREAM_BYTES_PER_SEC),
+        ..SimOptions::default()
+    }));
+    let memory = seed_blob(&sim, MEMORY_BLOB, 70);
+    let disk = seed_blob(&sim, DISK_BLOB, 71);
+    let open_files = procs::raise_open_files_limit()?;
+    println!(
+        "\ncluster rollout: N clients, each on its own connection, GET one cold {} MB layer \
+         (upstream {:.1} MB/s) while one prober makes sequential warm GETs on fresh connections \
+         of a {} KiB blob (memory tier) and a {} MiB blob (disk); open files limit {open_files}",
+        LAYER / 1_000_000,
+        UPSTREAM_BYTES_PER_SEC as f64 / 1e6,
+        MEMORY_BLOB / 1024,
+        DISK_BLOB / (1024 * 1024),
+    );
+    println!(
+        "  targets: 1 upstream fetch; RssAnon growth < {} MiB at {}; < {THREADS_TARGET} threads; \
+         warm p99 during the burst < {P99_TARGET}x idle p99",
+        ANON_TARGET >> 20,
+        FLEETS[FLEETS.len() - 1]
+    );
+    for (i, clients) in FLEETS.into_iter().enumerate() {
+        procs::check_interrupted()?;
+        if clients as u64 + SPARE_FILES > open_files {
+            println!("  {clients} clients: skipped, the open files limit is {open_files}");
+            continue;
+        }
+        let layer = seed_blob(&sim, LAYER, 72 + i as u64);
+        match run_fleet(rt, binary, &sim, clients, &layer, [&memory, &disk]) {
+            Ok(fleet) => print(&fleet),
+            Err(e) => println!("  {clients} clients: failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Stores `len` seeded random bytes in the simulator; returns the digest.
+fn seed_blob(sim: &HubSim, len: usize, seed: u64) -> String {
+    let bytes: Bytes = super::support::random_bytes(len, seed);
+    sim.put_blob(bytes)
+}
+
+fn target(server: &Server, digest: &str) -> Target {
+    Target {
+        url: format!("{}{}", server.url, Fixture::blob_path(digest)),
+        digest: digest.to_owned(),
+    }
+}
+
+/// One burst of `clients` GETs of the cold `layer` against a fresh
+/// pullthrough, with `warm` (the memory and the disk blob) probed idle
+/// first and then during the burst.
+fn run_fleet(
+    rt: &tokio::runtime::Runtime,
+    binary: &std::path::Path,
+    sim: &HubSim,
+    clients: usize,
+    layer: &str,
+    warm: [&str; 2],
+) -> Result<Fleet, String> {
+    let server =
+        servers::with_retries(|| servers::start_pullthrough(rt, binary, &sim.registry_url))?;
+    let pid = server.pid().ok_or("pullthrough exited after start-up")?;
+    let targets: Vec<Target> = warm.iter().map(|d| target(&server, d)).collect();
+    // Twice: the second answer comes from wherever the first one put it.
+    let warming = probe::run(&targets, 2);
+    if let Some(e) = warming.errors.first() {
+        return Err(format!("warming: {e}"));
+    }
+    let before = tier_hits(rt, &server)?;
+    let idle = probe::run(&targets, IDLE_ROUNDS);
+    let after = tier_hits(rt, &server)?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("clients' runtime: {e}"))?;
+    let idle_anon = procstat::read(pid)?.anon_bytes;
+
+    sim.reset_counters();
+    let sampler = Sampler::start(pid, SAMPLE_EVERY);
+    let prober = probe::Background::start(targets, BURST_ROUNDS, BURST_PAUSE);
+    let started = Instant::now();
+    let results = burst(&client_rt, &target(&server, layer), clients);
+    let elapsed = started.elapsed();
+    let burst = prober.finish();
+    let peak = sampler.finish();
+    // A late duplicate fetch would show up within moments.
+    std::thread::sleep(Duration::from_millis(200));
+    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    let upstream = sim.requests();
+    let upstream_fetches = sim.counters().cdn_gets;
+    let mut notes = Vec::new();
+    if upstream_fetches != 1 {
+        notes.push(format!(
+            "upstream requests: {}",
+            report::summarise(&upstream)
+        ));
+        notes.extend(warnings(&server));
+    }
+    Ok(Fleet {
+        clients,
+        upstream_fetches,
+        clients_ok: clients - errors.len(),
+        errors,
+        elapsed,
+        idle_anon,
+        peak,
+        idle,
+        burst,
+        idle_hits: (
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        ),
+        notes,
+    })
+}
+
+/// `clients` concurrent GETs of `layer`, each on its own connection, each
+/// hashing the body as it streams in.
+fn burst(rt: &tokio::runtime::Runtime, layer: &Target, clients: usize) -> Vec<Result<u64, String>> {
+    let client = http::client();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (client, layer) = (client.clone(), layer.clone());
+                tokio::spawn(async move {
+                    http::get_checked(&client, &layer.url, None, &layer.digest, CLIENT_TIMEOUT)
+                        .await
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(clients);
+        for task in tasks {
+            results.push(
+                task.await
+                    .unwrap_or_else(|e| Err(format!("client task: {e}"))),
+            );
+        }
+        results
+    })
+}
+
+/// The warnings and errors in pullthrough's log (at most 10).
+fn warnings(server: &Server) -> Vec<String> {
+    let log = std::fs::read_to_string(server.dir().join("pullthrough.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .take(10)
+        .map(|l| format!("pullthrough log: {l}"))
+        .collect()
+}
+
+/// pullthrough's own count of `hit-memory` and `hit-disk` answers so far.
+fn tier_hits(rt: &tokio::runtime::Runtime, server: &Server) -> Result<(u64, u64), String> {
+    let url = format!("{}/metrics", server.url);
+    let text = rt.block_on(async {
+        let response = http::client()
+            .get(&url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        response.text().await.map_err(|e| format!("GET {url}: {e}"))
+    })?;
+    let count = |outcome| {
+        super::support::metric_sum(&text, "pullthrough_requests_total", &[("outcome", outcome)])
+            as u64
+    };
+    Ok((count("hit-memory"), count("hit-disk")))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn print(f: &Fleet) {
+    println!(
+        "  {} clients: {} upstream fetch(es); {}/{} clients with correct bytes; wall {:.2} s",
+        f.clients,
+        f.upstream_fetches,
+        f.clients_ok,
+        f.clients,
+        f.elapsed.as_secs_f64()
+    );
+    println!(
+        "    pullthrough: RssAnon peak +{:.1} MiB over {:.1} MiB idle; peak {} threads ({} samples)",
+        mib(f.peak.anon_bytes.saturating_sub(f.idle_anon)),
+        mib(f.idle_anon),
+        f.peak.threads,
+        f.peak.samples
+    );
+    for (i, (label, hits)) in [("memory", f.idle_hits.0), ("disk", f.idle_hits.1)]
+        .into_iter()
+        .enumerate()
+    {
+        print_latency(label, &f.idle.seconds[i], &f.burst.seconds[i]);
+        if hits != IDLE_ROUNDS as u64 {
+            println!(
+                "      note: pullthrough counted {hits} of the {IDLE_ROUNDS} idle {label} probes as hit-{label}"
+            );
+        }
+    }
+    for note in &f.notes {
+        println!("    {note}");
+    }
+    for e in f.idle.errors.iter().chain(&f.burst.errors).take(3) {
+        println!("    warm request error: {e}");
+    }
+    for e in f.errors.iter().take(5) {
+        println!("    client error: {e}");
+    }
+    if f.errors.len() > 5 {
+        println!("    ... and {} more client errors", f.errors.len() - 5);
+    }
+}
+
+/// One warm blob's idle and in-burst percentiles, and the p99 ratio.
+fn print_latency(label: &str, idle: &[f64], burst: &[f64]) {
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{:.2} ms", s * 1e3));
+    let (idle_p99, burst_p99) = (
+        probe::percentile(idle, 99.0),
+        probe::percentile(burst, 99.0),
+    );
+    let ratio = match (idle_p99, burst_p99) {
+        (Some(i), Some(b)) if i > 0.0 => format!("{:.1}x", b / i),
+        _ => "-".to_owned(),
+    };
+    println!(
+        "    warm {label:<6} idle p50 {} p99 {} (n={}); during burst p50 {} p99 {} (n={}); p99 {ratio} idle",
+        ms(probe::percentile(idle, 50.0)),
+        ms(idle_p99),
+        idle.len(),
+        ms(probe::percentile(burst, 50.0)),
+        ms(burst_p99),
+        burst.len(),
+    );
+}
