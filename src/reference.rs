@@ -182,6 +182,11 @@ pub enum V2Path<'a> {
     TagsList {
         name: &'a str,
     },
+    /// `/v2/<name>/referrers/<digest>`: the OCI 1.1 referrers API.
+    Referrers {
+        name: &'a str,
+        digest: &'a str,
+    },
     /// `/v2/<name>/blobs/uploads/...`: pushing, which a mirror refuses.
     Upload {
         name: &'a str,
@@ -218,6 +223,7 @@ impl<'a> V2Path<'a> {
                 reference: last,
             },
             "blobs" => V2Path::Blob { name, digest: last },
+            "referrers" => V2Path::Referrers { name, digest: last },
             _ => V2Path::Unknown,
         }
     }
@@ -316,6 +322,13 @@ mod tests {
             }
         );
         assert_eq!(V2Path::parse("x/tags/list"), V2Path::TagsList { name: "x" });
+        assert_eq!(
+            V2Path::parse("a/b/referrers/sha256:ab"),
+            V2Path::Referrers {
+                name: "a/b",
+                digest: "sha256:ab"
+            }
+        );
         assert_eq!(
             V2Path::parse("x/blobs/uploads/"),
             V2Path::Upload { name: "x" }

@@ -18,6 +18,7 @@ pub enum EndpointKind {
     Manifest,
     Blob,
     TagsList,
+    Referrers,
     Other,
 }
 
@@ -28,6 +29,7 @@ impl EndpointKind {
             EndpointKind::Manifest => "manifest",
             EndpointKind::Blob => "blob",
             EndpointKind::TagsList => "tags_list",
+            EndpointKind::Referrers => "referrers",
             EndpointKind::Other => "other",
         }
     }

@@ -11,6 +11,7 @@ mod blobs;
 mod error;
 mod manifests;
 mod range;
+mod referrers;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -115,9 +116,14 @@ async fn dispatch(
             EndpointKind::TagsList,
             manifests::tags_list(&state, query, name).await,
         ),
+        V2Path::Referrers { name, digest } if reads => tag(
+            EndpointKind::Referrers,
+            referrers::serve(&state, query, name, digest, head).await,
+        ),
         V2Path::Manifest { .. }
         | V2Path::Blob { .. }
         | V2Path::TagsList { .. }
+        | V2Path::Referrers { .. }
         | V2Path::Upload { .. } => tag(EndpointKind::Other, Err(ApiError::read_only())),
         V2Path::Unknown => tag(EndpointKind::Other, Err(ApiError::no_endpoint())),
     }

@@ -10,6 +10,7 @@ mod blobs;
 #[cfg(test)]
 mod handoff_tests;
 mod manifests;
+mod referrers;
 mod tag_store;
 mod tagged;
 mod tags;
@@ -22,6 +23,7 @@ pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
 pub use manifests::ManifestReply;
+pub use referrers::{ReferrersReply, fallback_tag};
 pub use tag_store::TagStore;
 pub use tags::{TagEntry, TagKey, TagRecord, now_ms};
 
@@ -119,6 +121,7 @@ struct Inner {
     upstreams: Upstreams,
     cache: TieredCache,
     tags: TagStore,
+    referrers: referrers::ReferrersStore,
     blob_flights: Flights,
     manifest_fetches: SingleFlight<ObjectKey, Option<Result<ManifestReply, RegistryError>>>,
     tag_checks: SingleFlight<tagged::CheckKey, Option<Result<tagged::TagCheck, RegistryError>>>,
@@ -150,6 +153,7 @@ impl Registry {
             upstreams,
             cache,
             tags,
+            referrers: Default::default(),
             blob_flights: Flights::new(metrics.clone()),
             manifest_fetches: SingleFlight::default(),
             tag_checks: SingleFlight::default(),

@@ -15,6 +15,7 @@ mod error;
 mod exchange;
 mod manifest;
 mod ratelimit;
+mod referrers;
 mod route;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use reqwest::{Response, Url};
 pub use auth::Challenge;
 pub use error::{ErrorKind, UpstreamError};
 pub use manifest::{Manifest, NotAManifest};
+pub use referrers::{FILTERS_APPLIED, OCI_INDEX, is_index};
 pub use route::UnknownUpstream;
 
 use crate::config::Config;

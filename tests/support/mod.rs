@@ -5,6 +5,7 @@
 //! depends on crates from `Cargo.toml`; only `proxy` uses the `pullthrough` crate.
 #![allow(dead_code)]
 
+pub mod artifact;
 pub mod client;
 pub mod daemons;
 pub mod docs;

@@ -40,7 +40,9 @@
 
 mod cdn;
 mod front;
+pub mod profile;
 mod realm;
+mod referrers;
 mod registry;
 mod server;
 mod state;
@@ -55,6 +57,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::profile::SimAuth;
 use self::server::SimListener;
 use self::state::{Shared, StoredManifest};
 
@@ -111,6 +114,13 @@ pub struct SimOptions {
     /// that redirects every request to the registry under this repository
     /// prefix (see the `front` module).
     pub front_prefix: Option<String>,
+    /// Where tokens come from, or no auth at all (see [`Profile`]).
+    pub auth: SimAuth,
+    /// The status of blob redirects; `None` = 307.
+    pub blob_redirect: Option<u16>,
+    /// Serve the OCI 1.1 referrers API; without it the endpoint is 404,
+    /// as on registries that predate it.
+    pub referrers_api: bool,
     /// Bandwidth of each CDN GET body in bytes per second; `None` (or 0) =
     /// as fast as loopback goes. A slow upstream holds a download in flight
     /// long enough for a whole fleet of clients to join it.

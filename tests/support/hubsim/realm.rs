@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
+use http::request::Parts;
 use http::{Method, StatusCode};
 
 use super::state::{Grant, Shared, bump};
@@ -25,6 +26,12 @@ pub(super) async fn handle(State(sim): State<Arc<Shared>>, req: Request) -> Resp
             &serde_json::json!({"details": "not found"}),
         );
     }
+    issue(&sim, &parts)
+}
+
+/// Issues a token for the request's scopes, wherever the realm is served
+/// (its own host, or a path on the registry's, see [`super::SimAuth`]).
+pub(super) fn issue(sim: &Shared, parts: &Parts) -> Response {
     bump(&sim.counters.tokens);
     if parts.method != Method::GET {
         return json(

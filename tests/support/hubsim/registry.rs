@@ -17,7 +17,7 @@ use super::util::{
     random_hex, set_header, status_fault, too_many_requests, valid_digest, valid_repo_name,
     valid_tag, with_body,
 };
-use super::{DOCKER_MANIFEST_LIST, Fault, FaultTarget};
+use super::{DOCKER_MANIFEST_LIST, Fault, FaultTarget, SimAuth};
 
 /// The rate-limit window Docker Hub advertises (6 hours).
 const WINDOW: &str = "w=21600";
@@ -27,6 +27,7 @@ enum Route<'a> {
     Manifest(&'a str, &'a str),
     Blob(&'a str, &'a str),
     Tags(&'a str),
+    Referrers(&'a str, &'a str),
 }
 
 /// Parses a path below `/v2/` from its end, so names may contain slashes.
@@ -39,6 +40,7 @@ fn parse_route(rest: &str) -> Option<Route<'_>> {
     match kind {
         "manifests" => Some(Route::Manifest(name, reference)),
         "blobs" => Some(Route::Blob(name, reference)),
+        "referrers" => Some(Route::Referrers(name, reference)),
         _ => None,
     }
 }
@@ -47,7 +49,10 @@ fn parse_route(rest: &str) -> Option<Route<'_>> {
 pub(super) async fn handle(State(sim): State<Arc<Shared>>, req: Request) -> Response {
     sim.record("registry", req.method(), req.uri());
     let (parts, _body) = req.into_parts();
-    let mut resp = dispatch(&sim, &parts).await;
+    let mut resp = match sim.auth {
+        SimAuth::OwnHost(realm) if parts.uri.path() == realm => super::realm::issue(&sim, &parts),
+        _ => dispatch(&sim, &parts).await,
+    };
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
@@ -84,13 +89,13 @@ async fn dispatch(sim: &Shared, parts: &Parts) -> Response {
         (Some(Route::Blob(..)), true) => bump(&sim.counters.blob_gets),
         (Some(Route::Blob(..)), false) => bump(&sim.counters.blob_heads),
         (Some(Route::Tags(_)), _) => bump(&sim.counters.tags_lists),
-        (None, _) => {}
+        (Some(Route::Referrers(..)), _) | (None, _) => {}
     }
     let Some(route) = route else {
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown registry route");
     };
     let name = match &route {
-        Route::Manifest(n, _) | Route::Blob(n, _) | Route::Tags(n) => *n,
+        Route::Manifest(n, _) | Route::Blob(n, _) | Route::Tags(n) | Route::Referrers(n, _) => *n,
     };
     if !valid_repo_name(name) {
         return oci_error(
@@ -125,6 +130,7 @@ async fn dispatch(sim: &Shared, parts: &Parts) -> Response {
         }
         Route::Blob(_, digest) => blob(sim, parts, digest).await,
         Route::Tags(name) => tags_list(sim, parts, name),
+        Route::Referrers(name, digest) => super::referrers::list(sim, parts, name, digest),
     }
 }
 
@@ -139,6 +145,13 @@ fn base(sim: &Shared, parts: &Parts) -> Response {
 /// The grant behind the request's bearer token, if it is valid, unexpired
 /// and (with `name`) includes `repository:<name>:pull`.
 fn authorize(sim: &Shared, parts: &Parts, name: Option<&str>) -> Option<Grant> {
+    if sim.auth == SimAuth::None {
+        return Some(Grant {
+            scopes: Default::default(),
+            user: None,
+            expires: std::time::Instant::now(),
+        });
+    }
     let grant = bearer_token(&parts.headers).and_then(|t| sim.grant(&t))?;
     match name {
         Some(n) if !grant.scopes.contains(&format!("repository:{n}:pull")) => None,
@@ -149,10 +162,11 @@ fn authorize(sim: &Shared, parts: &Parts, name: Option<&str>) -> Option<Grant> {
 /// The 401 challenge pointing at the realm (with the pull scope for `name`).
 fn challenge(sim: &Shared, name: Option<&str>) -> Response {
     bump(&sim.counters.unauthorized);
-    let mut challenge = format!(
-        "Bearer realm=\"{}/token\",service=\"{SERVICE}\"",
-        sim.realm_url
-    );
+    let realm = match sim.auth {
+        SimAuth::OwnHost(path) => format!("{}{path}", sim.registry_url),
+        _ => format!("{}/token", sim.realm_url),
+    };
+    let mut challenge = format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\"");
     if let Some(n) = name {
         challenge.push_str(&format!(",scope=\"repository:{n}:pull\""));
     }
@@ -335,7 +349,9 @@ pub(super) fn cdn_redirect(sim: &Shared, digest: &str) -> Response {
     }
     let sig = random_hex(16);
     sim.issue_sig(sig.clone(), digest.to_owned());
-    redirect(Some(&format!("{}/blobs/{digest}?sig={sig}", sim.cdn_url)))
+    let mut resp = redirect(Some(&format!("{}/blobs/{digest}?sig={sig}", sim.cdn_url)));
+    *resp.status_mut() = sim.blob_redirect;
+    resp
 }
 
 /// A 307 to `location` (none at all with `None`) with the small HTML body

@@ -133,6 +133,9 @@ pub(super) struct Shared {
     pub rate_limit_headers: bool,
     /// The repository prefix the front redirects under, if there is a front.
     pub front_prefix: Option<String>,
+    pub auth: super::SimAuth,
+    pub blob_redirect: http::StatusCode,
+    pub referrers_api: bool,
     /// See [`super::SimOptions::cdn_bytes_per_sec`]; never `Some(0)`.
     pub cdn_bytes_per_sec: Option<u64>,
     pub counters: AtomicCounters,
@@ -163,6 +166,10 @@ impl Shared {
             users: opts.users.clone(),
             rate_limit_headers: !opts.no_rate_limit_headers,
             front_prefix: opts.front_prefix.clone(),
+            auth: opts.auth.clone(),
+            blob_redirect: http::StatusCode::from_u16(opts.blob_redirect.unwrap_or(307))
+                .expect("a redirect status"),
+            referrers_api: opts.referrers_api,
             cdn_bytes_per_sec: opts.cdn_bytes_per_sec.filter(|&rate| rate > 0),
             counters: AtomicCounters::default(),
             blobs: Mutex::default(),
@@ -236,6 +243,16 @@ impl Shared {
         };
         let m = r.manifests.get(digest).ok_or(LookupError::NoManifest)?;
         Ok((digest.to_owned(), m.clone()))
+    }
+
+    /// Every manifest of a repository; `None` when the repository is unknown.
+    pub fn manifests(&self, repo: &str) -> Option<Vec<(String, StoredManifest)>> {
+        lock(&self.repos).get(repo).map(|r| {
+            r.manifests
+                .iter()
+                .map(|(d, m)| (d.clone(), m.clone()))
+                .collect()
+        })
     }
 
     /// All tags of a repository, sorted; `None` when the repository is unknown.
