@@ -142,6 +142,8 @@ fn run_fleet(
     }
     let before = tier_hits(rt, &server)?;
     let idle = probe::run(&targets, IDLE_ROUNDS);
+    // The last answer may be counted just after its client has read it.
+    std::thread::sleep(Duration::from_millis(100));
     let after = tier_hits(rt, &server)?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CLIENT_THREADS)
