@@ -2,8 +2,8 @@
 //! files, and how many upstream fetches a burst of cold pulls costs.
 //!
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
-//! each wrk run; default 5, which makes the whole bench about 1.5 to 2
-//! minutes, the S3 rows included).
+//! each wrk run; default 5, which makes the whole bench about 2 to 2.5
+//! minutes, the S3 rows included; `BENCH_ONLY=s3` runs only the S3 rows).
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -26,7 +26,8 @@
 //! concurrent cold GETs of an uncached 100 MB blob count the upstream
 //! fetches (target: 1) and check every client's bytes. Last, with s3s-fs,
 //! fresh replicas sharing a bucket serve the 200 MB blob and many 100 KiB
-//! blobs from S3 (see `load/s3tier.rs`), with no upstream request.
+//! blobs from S3 (see `load/s3tier.rs`), with no upstream request, and the
+//! 200 MB blob through a store that caps each connection (`load/s3cap.rs`).
 //!
 //! The figures that matter are the **ratios to nginx**, not the absolute
 //! numbers: wrk, the servers and the simulator share the same (often small,
@@ -43,6 +44,8 @@ mod http;
 mod procs;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/s3cap.rs"]
+mod s3cap;
 #[path = "load/s3tier.rs"]
 mod s3tier;
 #[path = "load/servers.rs"]
@@ -341,8 +344,18 @@ fn settle(sim: &HubSim) {
     }
 }
 
+/// Whether `BENCH_ONLY=s3` asks for the S3 rows alone.
+fn s3_only() -> Result<bool, String> {
+    match std::env::var("BENCH_ONLY") {
+        Err(_) => Ok(false),
+        Ok(v) if v == "s3" => Ok(true),
+        Ok(v) => Err(format!("BENCH_ONLY can only be \"s3\", not {v:?}")),
+    }
+}
+
 fn run() -> Result<(), String> {
     let seconds = bench_seconds()?;
+    let s3_only = s3_only()?;
     let tools = find_tools()?;
     let s3s_fs = s3tier::find_s3s_fs();
     let binary = procs::pullthrough_binary()?;
@@ -362,9 +375,6 @@ fn run() -> Result<(), String> {
     );
     println!("pullthrough: {}", binary.display());
 
-    let pullthrough =
-        servers::with_retries(|| servers::start_pullthrough(&rt, &binary, &sim.registry_url))?;
-    warm(&rt, &pullthrough, &fx)?;
     let mut files = vec![
         StaticFile {
             path: Fixture::manifest_path(),
@@ -388,10 +398,50 @@ fn run() -> Result<(), String> {
         servers::start_nginx(&rt, &tools.nginx, &files, DOCKER_MANIFEST_V2)
     })?;
     warm(&rt, &nginx, &fx)?;
+    if s3_only {
+        println!("BENCH_ONLY=s3: the wrk table and the coalescing rows are skipped");
+    } else {
+        http_rows(&rt, &tools, &sim, &fx, &nginx, &binary, seconds)?;
+    }
+
+    match &s3s_fs {
+        None => s3tier::print_skipped(),
+        Some(s3s_fs) => {
+            // The other servers sit idle meanwhile; they have nothing to do
+            // with this measurement but the nginx baseline.
+            let blobs = s3tier::Blobs {
+                large: &fx.large,
+                small: &fx.s3_small,
+            };
+            let result = s3tier::run(&rt, s3s_fs, &binary, &sim, &nginx, &blobs);
+            procs::check_interrupted()?;
+            s3tier::print(&result);
+            let result = s3cap::run(&rt, s3s_fs, &tools.nginx, &binary, &sim, &fx.large);
+            procs::check_interrupted()?;
+            s3cap::print(&result);
+        }
+    }
+    Ok(())
+}
+
+/// The wrk table (pullthrough, nginx and distribution warm) and the
+/// coalescing rows.
+fn http_rows(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    sim: &HubSim,
+    fx: &Fixture,
+    nginx: &Server,
+    binary: &std::path::Path,
+    seconds: u64,
+) -> Result<(), String> {
+    let pullthrough =
+        servers::with_retries(|| servers::start_pullthrough(rt, binary, &sim.registry_url))?;
+    warm(rt, &pullthrough, fx)?;
     let distribution = tools.distribution.as_ref().and_then(|binary| {
         let started =
-            servers::with_retries(|| servers::start_distribution(&rt, binary, &sim.registry_url))
-                .and_then(|server| warm(&rt, &server, &fx).map(|()| server));
+            servers::with_retries(|| servers::start_distribution(rt, binary, &sim.registry_url))
+                .and_then(|server| warm(rt, &server, fx).map(|()| server));
         started
             .map_err(|e| println!("distribution skipped: {e}"))
             .ok()
@@ -401,12 +451,12 @@ fn run() -> Result<(), String> {
         "\nwrk -t2, {seconds} s each after 1 s of warm-up (32 connections; 4 for the 200 MB blob):"
     );
     let mut rows = Vec::new();
-    for scenario in scenarios(&fx, seconds) {
-        let pullthrough = measure(&tools, &sim, &scenario, &pullthrough);
-        let nginx = measure(&tools, &sim, &scenario, &nginx);
+    for scenario in scenarios(fx, seconds) {
+        let pullthrough = measure(tools, sim, &scenario, &pullthrough);
+        let nginx = measure(tools, sim, &scenario, nginx);
         let distribution = distribution
             .as_ref()
-            .map(|server| measure(&tools, &sim, &scenario, server));
+            .map(|server| measure(tools, sim, &scenario, server));
         procs::check_interrupted()?;
         rows.push(Row {
             label: scenario.label,
@@ -423,28 +473,12 @@ fn run() -> Result<(), String> {
         "\ncoalescing: {COLD_CLIENTS} concurrent cold GETs of an uncached {} MB blob (target: 1 upstream fetch)",
         COLD_BLOB / 1_000_000
     );
-    let result = coalesce::run(&rt, &sim, &pullthrough, &fx.cold_pullthrough);
+    let result = coalesce::run(rt, sim, &pullthrough, &fx.cold_pullthrough);
     coalesce::print("pullthrough", &result);
     procs::check_interrupted()?;
     if let Some(server) = &distribution {
-        let result = coalesce::run(&rt, &sim, server, &fx.cold_distribution);
+        let result = coalesce::run(rt, sim, server, &fx.cold_distribution);
         coalesce::print("distribution", &result);
     }
-    procs::check_interrupted()?;
-
-    match &s3s_fs {
-        None => s3tier::print_skipped(),
-        Some(s3s_fs) => {
-            // The other servers sit idle meanwhile; they have nothing to do
-            // with this measurement but the nginx baseline.
-            let blobs = s3tier::Blobs {
-                large: &fx.large,
-                small: &fx.s3_small,
-            };
-            let result = s3tier::run(&rt, s3s_fs, &binary, &sim, &nginx, &blobs);
-            procs::check_interrupted()?;
-            s3tier::print(&result);
-        }
-    }
-    Ok(())
+    procs::check_interrupted()
 }

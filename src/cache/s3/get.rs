@@ -91,14 +91,14 @@ impl S3Tier {
         let bucket = self.bucket.clone();
         let part_reads = self.part_reads.clone();
         let object_key = Arc::<str>::from(object_key);
-        Arc::new(move |start, len| {
+        parts::opener(move |start, len| {
             let get = client
                 .get_object()
                 .bucket(&bucket)
                 .key(&*object_key)
                 .range(range_header(start, len));
             let part_reads = part_reads.clone();
-            Box::pin(async move {
+            async move {
                 let out = get.send().await.map_err(|e| {
                     format!(
                         "ranged GET of the part at byte {start}: {}",
@@ -117,7 +117,7 @@ impl S3Tier {
                 }
                 part_reads.inc();
                 Ok(part_body(out.body))
-            })
+            }
         })
     }
 

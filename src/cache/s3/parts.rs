@@ -10,6 +10,7 @@
 //! closure, so the ordering, bounds and failure rules are tested on their own.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,15 @@ pub(super) type PartBody = BoxStream<'static, Result<Bytes, String>>;
 /// bytes begin to flow.
 pub(super) type OpenPart =
     Arc<dyn Fn(u64, u64) -> BoxFuture<'static, Result<PartBody, String>> + Send + Sync>;
+
+/// An [`OpenPart`] from an async closure.
+pub(super) fn opener<F, Fut>(open: F) -> OpenPart
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<PartBody, String>> + Send + 'static,
+{
+    Arc::new(move |start, len| Box::pin(open(start, len)))
+}
 
 /// How an object of `total` bytes is cut and read.
 #[derive(Clone, Copy, Debug)]
@@ -266,10 +276,10 @@ mod tests {
 
         fn opener(self: &Arc<Self>) -> OpenPart {
             let store = self.clone();
-            Arc::new(move |start, len| {
+            opener(move |start, len| {
                 store.opened.lock().unwrap().push((start, len));
                 let body = store.body(start, len);
-                Box::pin(async move { Ok(body) })
+                async move { Ok(body) }
             })
         }
     }
@@ -320,14 +330,14 @@ mod tests {
     #[tokio::test]
     async fn a_short_part_fails_the_read() {
         let store = Store::new(4_096, 512);
-        let opener: OpenPart = {
+        let short = {
             let store = store.clone();
-            Arc::new(move |start, len| {
+            opener(move |start, len| {
                 let body = store.body(start, len - 1);
-                Box::pin(async move { Ok(body) })
+                async move { Ok(body) }
             })
         };
-        let mut stream = ordered(store.body(0, 1_024), plan(4_096, 1_024, 2), opener);
+        let mut stream = ordered(store.body(0, 1_024), plan(4_096, 1_024, 2), short);
         let mut last = None;
         while let Some(item) = stream.next().await {
             last = Some(item);
@@ -349,7 +359,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_that_goes_away_cancels_the_parts_in_flight() {
-        let store = Store::new(64 * 1_024, 256);
+        // The part at 2048 stalls until its task is aborted (its own
+        // timeout is 200 ms, far beyond the wait below).
+        let mut store = Store::new(64 * 1_024, 256);
+        Arc::get_mut(&mut store).unwrap().stall_at = Some(2_048);
         let first = store.body(0, 1_024);
         let mut stream = ordered(first, plan(64 * 1_024, 1_024, 4), store.opener());
         stream.next().await.unwrap().unwrap();
@@ -362,9 +375,8 @@ mod tests {
     #[tokio::test]
     async fn a_part_that_fails_to_open_fails_the_read() {
         let store = Store::new(4_096, 512);
-        let opener: OpenPart =
-            Arc::new(|start, _| Box::pin(async move { Err(format!("refused at {start}")) }));
-        let mut stream = ordered(store.body(0, 1_024), plan(4_096, 1_024, 2), opener);
+        let refused = opener(|start, _| async move { Err(format!("refused at {start}")) });
+        let mut stream = ordered(store.body(0, 1_024), plan(4_096, 1_024, 2), refused);
         let mut got = 0;
         let err = loop {
             match stream.next().await.unwrap() {
