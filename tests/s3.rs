@@ -90,7 +90,9 @@ impl Cluster {
     /// Pulls a one-layer image through replica A and waits until its two
     /// blobs are in the bucket; returns the layer's digest.
     async fn fill_bucket(&self, repo: &str, layer: Bytes) -> String {
-        let image = self.sim.push_image(&format!("library/{repo}"), "1", &[layer]);
+        let image = self
+            .sim
+            .push_image(&format!("library/{repo}"), "1", &[layer]);
         Client::new(&self.a.url).pull(repo, "1").await;
         let before = self.blob_keys().await.len();
         wait_until_async(async || self.blob_keys().await.len() >= before.max(2)).await;
@@ -315,13 +317,10 @@ async fn a_replica_reads_a_large_blob_from_the_bucket_in_parallel_ranged_parts()
 #[tokio::test]
 async fn a_corrupted_object_in_the_bucket_fails_verification_and_is_never_kept() {
     let c = cluster("5m").await;
-    let digest = c
-        .fill_bucket("corrupt", random_bytes(5_000_000, 12))
-        .await;
+    let digest = c.fill_bucket("corrupt", random_bytes(5_000_000, 12)).await;
     // s3s-fs keeps the object as a plain file: damage a later part of it.
-    let file = c
-        .s3
-        .object_file(BUCKET, &format!("{PREFIX}{}", blob_path(&digest)));
+    let file =
+        c.s3.object_file(BUCKET, &format!("{PREFIX}{}", blob_path(&digest)));
     let mut bytes = std::fs::read(&file).unwrap();
     assert_eq!(bytes.len(), 5_000_000);
     for b in &mut bytes[3_000_000..3_000_100] {
@@ -387,8 +386,12 @@ async fn a_store_that_ignores_ranges_is_read_in_one_stream() {
 async fn an_empty_blob_in_the_bucket_is_served() {
     let c = cluster("5m").await;
     let empty = sha256_digest(b"");
-    c.s3.put(BUCKET, &format!("{PREFIX}{}", blob_path(&empty)), Bytes::new())
-        .await;
+    c.s3.put(
+        BUCKET,
+        &format!("{PREFIX}{}", blob_path(&empty)),
+        Bytes::new(),
+    )
+    .await;
     let answer = Client::new(&c.b.url)
         .blob("library/empty", &empty)
         .await

@@ -112,7 +112,7 @@ fn sample(
     let times = rt
         .block_on(timed_get(&http::client(), &url, blob.1.len()))
         .map_err(fail)?;
-    let count = |name| s3tier::metric(rt, &replica, name, &[]) as u64;
+    let count = |name: &str| s3tier::metric(rt, &replica, name, &[]) as u64;
     let part_reads = count("pullthrough_s3_part_reads_total");
     let upstream = count("pullthrough_upstream_requests_total");
     if check {

@@ -70,7 +70,12 @@ impl Drop for RangelessS3 {
 
 /// Headers that belong to one connection, not to the exchange.
 fn hop_by_hop(name: &HeaderName) -> bool {
-    [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE].contains(name)
+    [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .contains(name)
         || name.as_str() == "keep-alive"
 }
 

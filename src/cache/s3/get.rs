@@ -71,7 +71,11 @@ impl S3Tier {
             concurrency: self.read_concurrency,
             timeout: self.read_timeout,
         };
-        let body = parts::ordered(part_body(out.body), plan, self.part_opener(object_key, total));
+        let body = parts::ordered(
+            part_body(out.body),
+            plan,
+            self.part_opener(object_key, total),
+        );
         // A part that fails or stalls fails the download (its clients'
         // connections are aborted, nothing is stored) and marks the tier
         // degraded; the next request goes upstream.

@@ -324,7 +324,12 @@ mod tests {
         );
         assert!(store.opened.lock().unwrap().is_empty());
         let empty = Store::new(0, 64);
-        assert!(read_all(&empty, plan(0, 1_024, 8)).await.unwrap().is_empty());
+        assert!(
+            read_all(&empty, plan(0, 1_024, 8))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
