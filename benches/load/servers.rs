@@ -249,8 +249,9 @@ pub fn start_rate_limited_proxy(
     if running_as_root() {
         conf.push_str("user root;\n");
     }
-    // Unbuffered, so each response streams through at the capped rate
-    // rather than being spooled to disk first.
+    // limit_rate only paces buffered proxying (unbuffered responses pass
+    // at full speed); nginx reads ahead of the client, which keeps the
+    // time to the first byte honest.
     let _ = write!(
         conf,
         "worker_processes 1;\n\
@@ -272,7 +273,6 @@ pub fn start_rate_limited_proxy(
          \x20           proxy_http_version 1.1;\n\
          \x20           proxy_set_header Connection \"\";\n\
          \x20           proxy_set_header Host $http_host;\n\
-         \x20           proxy_buffering off;\n\
          \x20           proxy_request_buffering off;\n\
          \x20           limit_rate {rate};\n\
          \x20       }}\n\
