@@ -11,6 +11,13 @@
 //! one connection's cap (target: at least [`TARGET`]x with the default
 //! parts). Every GET is checked for length, pullthrough verifies the
 //! digest before the last byte, and the last sample's local copy is hashed.
+//!
+//! Caveat: nginx paces a response as `rate x (seconds since it began + 1)`,
+//! so the first second's worth of every response goes out at once. A part
+//! no larger than that (8 MiB under a 16 MiB/s cap) is barely paced, which
+//! flatters both rows; a lower cap, or a part size well above one second
+//! of it, gives a stricter figure. nginx must buffer (the default) for
+//! `limit_rate` to pace proxied responses at all.
 
 use std::path::Path;
 use std::time::Instant;
