@@ -2,10 +2,10 @@
 //! files, and how many upstream fetches a burst of cold pulls costs.
 //!
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
-//! each wrk run; default 5, which makes the whole bench about 1.5 to 2
+//! each wrk run; default 5, which makes the whole bench about 2 to 2.5
 //! minutes, the S3 rows included, plus a minute or two for the rollout).
-//! `BENCH_ONLY=rollout` runs only the cluster-rollout rows, which need
-//! none of the programs below.
+//! `BENCH_ONLY=http`, `s3` or `rollout` runs only that section; the rollout
+//! needs none of the programs below.
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -28,7 +28,8 @@
 //! concurrent cold GETs of an uncached 100 MB blob count the upstream
 //! fetches (target: 1) and check every client's bytes. Last, with s3s-fs,
 //! fresh replicas sharing a bucket serve the 200 MB blob and many 100 KiB
-//! blobs from S3 (see `load/s3tier.rs`), with no upstream request.
+//! blobs from S3 (see `load/s3tier.rs`), with no upstream request, and the
+//! 200 MB blob through a store that caps each connection (`load/s3cap.rs`).
 //! Last, a cluster rollout: 1,000 and then 2,000 clients GET one cold 8 MB
 //! layer from a fresh pullthrough while the upstream trickles it out at
 //! 1 MB/s, counting upstream fetches, pullthrough's peak anonymous memory
@@ -56,6 +57,8 @@ mod procstat;
 mod report;
 #[path = "load/rollout.rs"]
 mod rollout;
+#[path = "load/s3cap.rs"]
+mod s3cap;
 #[path = "load/s3tier.rs"]
 mod s3tier;
 #[path = "load/servers.rs"]
@@ -165,26 +168,6 @@ fn bench_seconds() -> Result<u64, String> {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err(format!(
                 "BENCH_SECONDS must be a whole number of seconds >= 1, not {v:?}"
-            )),
-        },
-    }
-}
-
-/// Which rows run: `BENCH_ONLY` unset (or empty) runs them all.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Only {
-    All,
-    Rollout,
-}
-
-fn only() -> Result<Only, String> {
-    match std::env::var("BENCH_ONLY") {
-        Err(_) => Ok(Only::All),
-        Ok(v) => match v.trim() {
-            "" => Ok(Only::All),
-            "rollout" => Ok(Only::Rollout),
-            _ => Err(format!(
-                "BENCH_ONLY must be `rollout` (or unset for every row), not {v:?}"
             )),
         },
     }
@@ -374,6 +357,30 @@ fn settle(sim: &HubSim) {
     }
 }
 
+/// Which sections run: `BENCH_ONLY` unset (or empty) runs them all.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    Http,
+    S3,
+    Rollout,
+}
+
+fn only() -> Result<Only, String> {
+    match std::env::var("BENCH_ONLY") {
+        Err(_) => Ok(Only::All),
+        Ok(v) => match v.trim() {
+            "" => Ok(Only::All),
+            "http" => Ok(Only::Http),
+            "s3" => Ok(Only::S3),
+            "rollout" => Ok(Only::Rollout),
+            _ => Err(format!(
+                "BENCH_ONLY must be `http`, `s3` or `rollout` (or unset for every section), not {v:?}"
+            )),
+        },
+    }
+}
+
 fn run() -> Result<(), String> {
     let only = only()?;
     let seconds = bench_seconds()?;
@@ -386,11 +393,25 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     procs::handle_signals(&rt);
-    if only == Only::Rollout {
-        println!("load bench: rollout rows only (BENCH_ONLY=rollout)");
-        println!("pullthrough: {}", binary.display());
-        return rollout::run(&rt, &binary);
+    println!("pullthrough: {}", binary.display());
+    if only != Only::Rollout {
+        nginx_rows(&rt, &binary, only, seconds)?;
     }
+    if matches!(only, Only::All | Only::Rollout) {
+        // Only pullthrough takes part; the other servers are stopped.
+        rollout::run(&rt, &binary)?;
+    }
+    Ok(())
+}
+
+/// The sections compared with nginx: the wrk table, coalescing and the
+/// S3 tier.
+fn nginx_rows(
+    rt: &tokio::runtime::Runtime,
+    binary: &std::path::Path,
+    only: Only,
+    seconds: u64,
+) -> Result<(), String> {
     let tools = find_tools()?;
     let s3s_fs = s3tier::find_s3s_fs();
     let sim = rt.block_on(HubSim::start());
@@ -400,11 +421,7 @@ fn run() -> Result<(), String> {
     println!(
         "load bench: {seconds} s per run, {cores} cores shared by wrk, the servers and the simulator"
     );
-    println!("pullthrough: {}", binary.display());
 
-    let pullthrough =
-        servers::with_retries(|| servers::start_pullthrough(&rt, &binary, &sim.registry_url))?;
-    warm(&rt, &pullthrough, &fx)?;
     let mut files = vec![
         StaticFile {
             path: Fixture::manifest_path(),
@@ -425,13 +442,53 @@ fn run() -> Result<(), String> {
         bytes,
     }));
     let nginx = servers::with_retries(|| {
-        servers::start_nginx(&rt, &tools.nginx, &files, DOCKER_MANIFEST_V2)
+        servers::start_nginx(rt, &tools.nginx, &files, DOCKER_MANIFEST_V2)
     })?;
-    warm(&rt, &nginx, &fx)?;
+    warm(rt, &nginx, &fx)?;
+    if matches!(only, Only::All | Only::Http) {
+        http_rows(rt, &tools, &sim, &fx, &nginx, binary, seconds)?;
+    }
+    if only == Only::Http {
+        return Ok(());
+    }
+    match &s3s_fs {
+        None => s3tier::print_skipped(),
+        Some(s3s_fs) => {
+            // The other servers sit idle meanwhile; they have nothing to do
+            // with this measurement but the nginx baseline.
+            let blobs = s3tier::Blobs {
+                large: &fx.large,
+                small: &fx.s3_small,
+            };
+            let result = s3tier::run(rt, s3s_fs, binary, &sim, &nginx, &blobs);
+            procs::check_interrupted()?;
+            s3tier::print(&result);
+            let result = s3cap::run(rt, s3s_fs, &tools.nginx, binary, &sim, &fx.large);
+            procs::check_interrupted()?;
+            s3cap::print(&result);
+        }
+    }
+    Ok(())
+}
+
+/// The wrk table (pullthrough, nginx and distribution warm) and the
+/// coalescing rows.
+fn http_rows(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    sim: &HubSim,
+    fx: &Fixture,
+    nginx: &Server,
+    binary: &std::path::Path,
+    seconds: u64,
+) -> Result<(), String> {
+    let pullthrough =
+        servers::with_retries(|| servers::start_pullthrough(rt, binary, &sim.registry_url))?;
+    warm(rt, &pullthrough, fx)?;
     let distribution = tools.distribution.as_ref().and_then(|binary| {
         let started =
-            servers::with_retries(|| servers::start_distribution(&rt, binary, &sim.registry_url))
-                .and_then(|server| warm(&rt, &server, &fx).map(|()| server));
+            servers::with_retries(|| servers::start_distribution(rt, binary, &sim.registry_url))
+                .and_then(|server| warm(rt, &server, fx).map(|()| server));
         started
             .map_err(|e| println!("distribution skipped: {e}"))
             .ok()
@@ -441,12 +498,12 @@ fn run() -> Result<(), String> {
         "\nwrk -t2, {seconds} s each after 1 s of warm-up (32 connections; 4 for the 200 MB blob):"
     );
     let mut rows = Vec::new();
-    for scenario in scenarios(&fx, seconds) {
-        let pullthrough = measure(&tools, &sim, &scenario, &pullthrough);
-        let nginx = measure(&tools, &sim, &scenario, &nginx);
+    for scenario in scenarios(fx, seconds) {
+        let pullthrough = measure(tools, sim, &scenario, &pullthrough);
+        let nginx = measure(tools, sim, &scenario, nginx);
         let distribution = distribution
             .as_ref()
-            .map(|server| measure(&tools, &sim, &scenario, server));
+            .map(|server| measure(tools, sim, &scenario, server));
         procs::check_interrupted()?;
         rows.push(Row {
             label: scenario.label,
@@ -463,29 +520,12 @@ fn run() -> Result<(), String> {
         "\ncoalescing: {COLD_CLIENTS} concurrent cold GETs of an uncached {} MB blob (target: 1 upstream fetch)",
         COLD_BLOB / 1_000_000
     );
-    let result = coalesce::run(&rt, &sim, &pullthrough, &fx.cold_pullthrough);
+    let result = coalesce::run(rt, sim, &pullthrough, &fx.cold_pullthrough);
     coalesce::print("pullthrough", &result);
     procs::check_interrupted()?;
     if let Some(server) = &distribution {
-        let result = coalesce::run(&rt, &sim, server, &fx.cold_distribution);
+        let result = coalesce::run(rt, sim, server, &fx.cold_distribution);
         coalesce::print("distribution", &result);
     }
-    procs::check_interrupted()?;
-
-    match &s3s_fs {
-        None => s3tier::print_skipped(),
-        Some(s3s_fs) => {
-            // The other servers sit idle meanwhile; they have nothing to do
-            // with this measurement but the nginx baseline.
-            let blobs = s3tier::Blobs {
-                large: &fx.large,
-                small: &fx.s3_small,
-            };
-            let result = s3tier::run(&rt, s3s_fs, &binary, &sim, &nginx, &blobs);
-            procs::check_interrupted()?;
-            s3tier::print(&result);
-        }
-    }
-    // Only pullthrough takes part; the other servers stay up but idle.
-    rollout::run(&rt, &binary)
+    procs::check_interrupted()
 }

@@ -68,7 +68,7 @@ pub struct MemoryConfig {
 /// The shared tier: one bucket for every replica. Credentials come from the
 /// standard AWS chain (environment, profile, ECS task role, IMDS), never
 /// from this file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// The bucket; empty turns the tier off.
@@ -79,14 +79,37 @@ pub struct S3Config {
     pub region: Option<String>,
     /// An S3-compatible endpoint (MinIO and others), addressed path-style.
     pub endpoint: Option<String>,
-    /// Bound on each S3 operation other than streaming a body.
-    #[serde(default = "s3_timeout", with = "humantime_serde")]
+    /// Bound on each S3 operation other than streaming a body, and on a
+    /// body's silence.
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Blobs are read in ranged GETs of this size: one connection to S3 is
+    /// far slower than several.
+    pub read_part_size: ByteSize,
+    /// Ranged GETs in flight for one blob; memory per read is bounded by
+    /// this times `read_part_size`.
+    pub read_concurrency: usize,
 }
 
-fn s3_timeout() -> Duration {
-    Duration::from_secs(5)
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: None,
+            endpoint: None,
+            timeout: Duration::from_secs(5),
+            read_part_size: ByteSize::mib(8),
+            read_concurrency: 8,
+        }
+    }
 }
+
+/// Bounds on `s3.read_part_size`: smaller parts cost more requests than
+/// they save, larger ones hold more memory per read.
+const READ_PART_SIZE: std::ops::RangeInclusive<u64> = 64 * 1024..=1024 * 1024 * 1024;
+/// Bounds on `s3.read_concurrency`.
+const READ_CONCURRENCY: std::ops::RangeInclusive<usize> = 1..=64;
 
 impl S3Config {
     /// Whether the shared tier is configured.
@@ -175,10 +198,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             memory: MemoryConfig::default(),
             timeouts: TimeoutConfig::default(),
-            s3: S3Config {
-                timeout: s3_timeout(),
-                ..S3Config::default()
-            },
+            s3: S3Config::default(),
             upstreams,
         }
     }
@@ -232,6 +252,8 @@ pub struct Overrides {
     pub s3_prefix: Option<String>,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
+    pub s3_read_part_size: Option<ByteSize>,
+    pub s3_read_concurrency: Option<usize>,
 }
 
 /// Why the configuration cannot be used; always names the field.
@@ -328,6 +350,12 @@ impl Config {
         if o.s3_region.is_some() {
             self.s3.region = o.s3_region;
         }
+        if let Some(v) = o.s3_read_part_size {
+            self.s3.read_part_size = v;
+        }
+        if let Some(v) = o.s3_read_concurrency {
+            self.s3.read_concurrency = v;
+        }
         for (name, url) in o.upstreams {
             let entry = self
                 .upstreams
@@ -385,6 +413,12 @@ impl Config {
             }
             if self.s3.timeout.is_zero() {
                 return Err(invalid("s3.timeout", "must be greater than zero"));
+            }
+            if !READ_PART_SIZE.contains(&self.s3.read_part_size.0) {
+                return Err(invalid("s3.read_part_size", "must be from 64KiB to 1GiB"));
+            }
+            if !READ_CONCURRENCY.contains(&self.s3.read_concurrency) {
+                return Err(invalid("s3.read_concurrency", "must be from 1 to 64"));
             }
         }
         for (name, upstream) in &self.upstreams {
@@ -547,6 +581,43 @@ mod tests {
         assert_eq!(hub.url, "http://127.0.0.1:6000");
         assert_eq!(hub.username.as_deref(), Some("me"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn s3_read_parts_come_from_the_file_then_the_overrides() {
+        let c = Config::from_toml("[s3]\nbucket = \"cache\"").unwrap();
+        assert_eq!(
+            (c.s3.read_part_size, c.s3.read_concurrency, c.s3.timeout),
+            (ByteSize::mib(8), 8, Duration::from_secs(5)),
+            "defaults when the section leaves them out"
+        );
+        let mut c = Config::from_toml(
+            "[s3]\nbucket = \"cache\"\nread_part_size = \"1MiB\"\nread_concurrency = 3",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.s3.read_part_size, c.s3.read_concurrency),
+            (ByteSize::mib(1), 3)
+        );
+        c.apply(Overrides {
+            s3_read_part_size: Some(ByteSize::mib(16)),
+            s3_read_concurrency: Some(1),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            (c.s3.read_part_size, c.s3.read_concurrency),
+            (ByteSize::mib(16), 1)
+        );
+        for (toml, field) in [
+            ("read_part_size = \"1KiB\"", "s3.read_part_size"),
+            ("read_concurrency = 0", "s3.read_concurrency"),
+            ("read_concurrency = 65", "s3.read_concurrency"),
+        ] {
+            let c = Config::from_toml(&format!("[s3]\nbucket = \"cache\"\n{toml}")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(field), "{toml}: {err}");
+        }
     }
 
     #[test]

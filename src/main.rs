@@ -72,6 +72,12 @@ struct ServeArgs {
     /// AWS region of the bucket [default: from AWS_REGION].
     #[arg(long, env = "PULLTHROUGH_S3_REGION")]
     s3_region: Option<String>,
+    /// Size of each ranged GET when reading a blob from S3 [default: 8MiB].
+    #[arg(long, env = "PULLTHROUGH_S3_READ_PART_SIZE")]
+    s3_read_part_size: Option<ByteSize>,
+    /// Ranged GETs in flight per blob read from S3 [default: 8].
+    #[arg(long, env = "PULLTHROUGH_S3_READ_CONCURRENCY")]
+    s3_read_concurrency: Option<usize>,
 }
 
 impl ServeArgs {
@@ -89,6 +95,8 @@ impl ServeArgs {
             s3_prefix: self.s3_prefix,
             s3_endpoint: self.s3_endpoint,
             s3_region: self.s3_region,
+            s3_read_part_size: self.s3_read_part_size,
+            s3_read_concurrency: self.s3_read_concurrency,
         };
         Config::load(self.config.as_deref(), overrides, |k| std::env::var(k).ok())
     }

@@ -33,6 +33,8 @@ pub struct Collectors {
     pub ratelimit_limit: IntGaugeVec,
     /// 1 while the shared S3 tier is failing and being skipped.
     pub s3_degraded: prometheus::IntGauge,
+    /// Parts of S3 objects read with ranged GETs, each answered with its range.
+    pub s3_part_reads: prometheus::IntCounter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -120,6 +122,14 @@ impl Metrics {
         registry
             .register(Box::new(s3_degraded.clone()))
             .expect("metric registered once");
+        let s3_part_reads = prometheus::IntCounter::new(
+            "pullthrough_s3_part_reads_total",
+            "Ranged GETs that read a part of a blob from the S3 tier (several run at once per blob).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(s3_part_reads.clone()))
+            .expect("metric registered once");
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -130,6 +140,7 @@ impl Metrics {
             ratelimit_remaining,
             ratelimit_limit,
             s3_degraded,
+            s3_part_reads,
         }))
     }
 

@@ -1,17 +1,21 @@
 //! The shared S3 tier against a real S3 API (s3s-fs): replicas with
 //! separate disks act as one cache, share tag state, survive an S3 outage,
-//! and refuse to start with wrong credentials.
+//! and refuse to start with wrong credentials; blobs are read back in
+//! parallel ranged parts, verified, and read whole from a store that
+//! ignores ranges.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
 use support::client::Client;
 use support::hubsim::HubSim;
 use support::process::{Replica, run_to_end, serve_command};
+use support::rangeless::RangelessS3;
 use support::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
-use support::{random_bytes, wait_until_async};
+use support::{random_bytes, sha256_digest, wait_until_async};
 
 const BUCKET: &str = "pullthrough-cache";
 const PREFIX: &str = "cluster-a/";
@@ -26,17 +30,32 @@ fn aws_env(secret: &'static str) -> Vec<(&'static str, &'static str)> {
 
 /// A replica on the shared bucket, with its own data directory.
 async fn replica(sim: &HubSim, s3: &S3Server, data: &Path, tag_ttl: &str) -> Replica {
-    let flags = [
+    replica_at(sim, &s3.endpoint, data, &["--tag-ttl", tag_ttl]).await
+}
+
+/// A replica on the shared bucket through S3 `endpoint`, with `extra` flags.
+async fn replica_at(sim: &HubSim, endpoint: &str, data: &Path, extra: &[&str]) -> Replica {
+    let mut flags = vec![
         "--s3-bucket",
         BUCKET,
         "--s3-endpoint",
-        &s3.endpoint,
+        endpoint,
         "--s3-prefix",
         PREFIX,
-        "--tag-ttl",
-        tag_ttl,
     ];
+    flags.extend_from_slice(extra);
     Replica::start(&sim.registry_url, data, &flags, &aws_env(SECRET_KEY)).await
+}
+
+/// Where a blob lives, under the bucket prefix or a disk tier's `cache/`.
+fn blob_path(digest: &str) -> String {
+    let hex = digest.trim_start_matches("sha256:");
+    format!("blobs/sha256/{}/{hex}", &hex[..2])
+}
+
+/// Ranged part GETs a replica has made.
+async fn part_reads(replica: &Replica) -> f64 {
+    replica.metric("pullthrough_s3_part_reads_total", &[]).await
 }
 
 struct Cluster {
@@ -66,6 +85,20 @@ async fn cluster(tag_ttl: &str) -> Cluster {
 impl Cluster {
     async fn blob_keys(&self) -> Vec<String> {
         self.s3.keys(BUCKET, &format!("{PREFIX}blobs/")).await
+    }
+
+    /// Pulls a one-layer image through replica A and waits until its two
+    /// blobs are in the bucket; returns the layer's digest.
+    async fn fill_bucket(&self, repo: &str, layer: Bytes) -> String {
+        let image = self
+            .sim
+            .push_image(&format!("library/{repo}"), "1", &[layer]);
+        Client::new(&self.a.url).pull(repo, "1").await;
+        let before = self.blob_keys().await.len();
+        wait_until_async(async || self.blob_keys().await.len() >= before.max(2)).await;
+        let key = format!("{PREFIX}{}", blob_path(&image.layer_digests[0]));
+        wait_until_async(async || self.blob_keys().await.contains(&key)).await;
+        image.layer_digests[0].clone()
     }
 }
 
@@ -237,4 +270,134 @@ async fn wrong_s3_credentials_stop_start_up_with_a_clear_error() {
         !stderr.contains("not-the-secret"),
         "the secret is never printed"
     );
+}
+
+#[tokio::test]
+async fn a_replica_reads_a_large_blob_from_the_bucket_in_parallel_ranged_parts() {
+    let c = cluster("5m").await;
+    let layer = random_bytes(30_000_000, 11);
+    let digest = c.fill_bucket("parts", layer.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pullthrough.toml");
+    std::fs::write(
+        &config,
+        "[s3]\nread_part_size = \"1MiB\"\nread_concurrency = 4\n",
+    )
+    .unwrap();
+    let r = replica_at(
+        &c.sim,
+        &c.s3.endpoint,
+        &dir.path().join("r"),
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    c.sim.reset_counters();
+
+    let client = Client::new(&r.url);
+    let answer = client.blob("library/parts", &digest).await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == layer, "the blob's bytes, in order");
+    let parts = 30_000_000u64.div_ceil(1024 * 1024) as f64;
+    assert_eq!(part_reads(&r).await, parts, "one ranged GET per 1 MiB part");
+    assert_eq!(
+        r.metric("pullthrough_requests_total", &[("outcome", "hit-s3")])
+            .await,
+        1.0
+    );
+    assert_eq!(c.sim.counters().total, 0, "nothing went upstream");
+
+    // Verified and kept locally: the next GET reads no part again.
+    let local = dir.path().join("r/cache").join(blob_path(&digest));
+    wait_until_async(async || local.is_file()).await;
+    let again = client.blob("library/parts", &digest).await.unwrap();
+    assert_eq!(again.body_digest(), digest);
+    assert_eq!(part_reads(&r).await, parts);
+}
+
+#[tokio::test]
+async fn a_corrupted_object_in_the_bucket_fails_verification_and_is_never_kept() {
+    let c = cluster("5m").await;
+    let digest = c.fill_bucket("corrupt", random_bytes(5_000_000, 12)).await;
+    // s3s-fs keeps the object as a plain file: damage a later part of it.
+    let file =
+        c.s3.object_file(BUCKET, &format!("{PREFIX}{}", blob_path(&digest)));
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len(), 5_000_000);
+    for b in &mut bytes[3_000_000..3_000_100] {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--s3-read-part-size", "1MiB"];
+    let r = replica_at(&c.sim, &c.s3.endpoint, &dir.path().join("r"), &flags).await;
+    let client = Client::new(&r.url);
+    let first = client.blob("library/corrupt", &digest).await;
+    assert!(
+        first.is_err(),
+        "the client's body breaks off instead of completing with bad bytes"
+    );
+    assert!(part_reads(&r).await >= 5.0, "it was read in ranged parts");
+    assert_eq!(
+        r.metric("pullthrough_digest_mismatches_total", &[]).await,
+        1.0
+    );
+    let local = dir.path().join("r/cache").join(blob_path(&digest));
+    assert!(!local.exists(), "nothing is cached locally");
+
+    // The next request never serves the damaged bytes, whatever it serves.
+    if let Ok(next) = client.blob("library/corrupt", &digest).await {
+        assert!(
+            next.status != 200 || next.body_digest() == digest,
+            "the next answer is not garbage"
+        );
+    }
+    let cached = local.is_file().then(|| std::fs::read(&local).unwrap());
+    assert!(
+        cached.is_none_or(|bytes| sha256_digest(&bytes) == digest),
+        "whatever is cached locally is verified"
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_ignores_ranges_is_read_in_one_stream() {
+    let c = cluster("5m").await;
+    let layer = random_bytes(6_000_000, 13);
+    let digest = c.fill_bucket("rangeless", layer.clone()).await;
+    let proxy = RangelessS3::start(&c.s3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--s3-read-part-size", "1MiB"];
+    let r = replica_at(&c.sim, &proxy.endpoint, &dir.path().join("r"), &flags).await;
+    c.sim.reset_counters();
+
+    let answer = Client::new(&r.url)
+        .blob("library/rangeless", &digest)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == layer, "the blob's bytes");
+    assert_eq!(proxy.ranged_gets(), 1, "one ranged GET, answered whole");
+    assert_eq!(part_reads(&r).await, 0.0, "no part was read as a range");
+    assert_eq!(c.sim.counters().total, 0, "nothing went upstream");
+    assert_eq!(r.health().await.unwrap()["s3"], "ok");
+}
+
+#[tokio::test]
+async fn an_empty_blob_in_the_bucket_is_served() {
+    let c = cluster("5m").await;
+    let empty = sha256_digest(b"");
+    c.s3.put(
+        BUCKET,
+        &format!("{PREFIX}{}", blob_path(&empty)),
+        Bytes::new(),
+    )
+    .await;
+    let answer = Client::new(&c.b.url)
+        .blob("library/empty", &empty)
+        .await
+        .unwrap();
+    assert_eq!((answer.status, answer.body.len()), (200, 0));
+    assert_eq!(answer.body_digest(), empty);
+    assert_eq!(c.sim.counters().total, 0, "found in the bucket");
+    assert_eq!(c.b.health().await.unwrap()["s3"], "ok");
 }

@@ -42,8 +42,8 @@ const SAMPLES: usize = 3;
 /// Concurrent requests (on as many kept-alive connections) for the small
 /// blobs; the 200 MB blob is one GET on one connection.
 const SMALL_CONCURRENCY: usize = 16;
-const BUCKET: &str = "bench-cache";
-const PREFIX: &str = "bench/";
+pub(super) const BUCKET: &str = "bench-cache";
+pub(super) const PREFIX: &str = "bench/";
 const INSTALL: &str = "cargo install s3s-fs@0.14.1 --features binary --locked";
 
 /// `s3s-fs` on `PATH` (or in the sbin directories), else where tests/run
@@ -72,15 +72,15 @@ pub struct Blobs<'a> {
 
 /// A running s3s-fs with its store in a temporary directory. Field order
 /// matters: the child is stopped before its directory is deleted.
-struct S3Store {
-    endpoint: String,
+pub(super) struct S3Store {
+    pub(super) endpoint: String,
     _child: ChildGuard,
     log: PathBuf,
     _dir: TempDir,
 }
 
 /// Starts s3s-fs on a free port and waits until it accepts connections.
-fn start_store(binary: &Path) -> Result<S3Store, String> {
+pub(super) fn start_store(binary: &Path) -> Result<S3Store, String> {
     let dir = tempfile::Builder::new()
         .prefix("bench-s3-")
         .tempdir()
@@ -131,11 +131,11 @@ fn start_store(binary: &Path) -> Result<S3Store, String> {
 
 impl S3Store {
     /// A client with the store's credentials, path-style.
-    fn client(&self) -> Client {
+    pub(super) fn client(&self) -> Client {
         s3::client(&self.endpoint, ACCESS_KEY, SECRET_KEY)
     }
 
-    fn log_tail(&self) -> String {
+    pub(super) fn log_tail(&self) -> String {
         tail(&self.log, 15)
     }
 }
@@ -169,7 +169,7 @@ async fn list(client: &Client, prefix: &str) -> Result<HashMap<String, i64>, Str
 
 /// Where pullthrough keeps a blob, under its disk tier (`<data-dir>/cache`)
 /// or the bucket prefix.
-fn blob_path(digest: &str) -> String {
+pub(super) fn blob_path(digest: &str) -> String {
     let hex = digest.trim_start_matches("sha256:");
     format!("blobs/sha256/{}/{hex}", &hex[..2])
 }
@@ -283,23 +283,28 @@ fn wait_for_local(server: &Server, blobs: &[&(String, Bytes)]) -> Result<(), Str
     }
 }
 
-/// A replica on the bench bucket with an empty data directory.
-fn start_replica(
+/// A replica on the bench bucket at S3 `endpoint` with an empty data
+/// directory, and `extra` flags.
+pub(super) fn start_replica(
     rt: &tokio::runtime::Runtime,
     binary: &Path,
     sim: &HubSim,
-    store: &S3Store,
+    endpoint: &str,
     name: &'static str,
+    extra: &[&str],
 ) -> Result<Server, String> {
-    let flags = [
+    let flags: Vec<String> = [
         "--s3-bucket",
         BUCKET,
         "--s3-endpoint",
-        &store.endpoint,
+        endpoint,
         "--s3-prefix",
         PREFIX,
     ]
-    .map(str::to_owned);
+    .iter()
+    .chain(extra)
+    .map(|f| (*f).to_owned())
+    .collect();
     let env = [
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
@@ -400,7 +405,12 @@ fn check(
 }
 
 /// `name`'s sample in `/metrics`, summed over series with every label.
-fn metric(rt: &tokio::runtime::Runtime, server: &Server, name: &str, labels: &[&str]) -> f64 {
+pub(super) fn metric(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    name: &str,
+    labels: &[&str],
+) -> f64 {
     let url = format!("{}/metrics", server.url);
     let text = rt.block_on(async {
         let response = http::client()
@@ -480,7 +490,7 @@ pub fn run(
 
     // Replica A fetches everything from the simulator and fills the bucket.
     {
-        let a = start_replica(rt, binary, sim, &store, "pullthrough-a")?;
+        let a = start_replica(rt, binary, sim, &store.endpoint, "pullthrough-a", &[])?;
         check(rt, &a.url, &large).map_err(|e| format!("filling the bucket: {e}"))?;
         let client = pooled_client();
         timed(rt, &client, &a.url, &small, SMALL_CONCURRENCY)
@@ -503,7 +513,7 @@ pub fn run(
     let mut samples = Vec::new();
     for _ in 0..SAMPLES {
         procs::check_interrupted()?;
-        let b = start_replica(rt, binary, sim, &store, "pullthrough-b")?;
+        let b = start_replica(rt, binary, sim, &store.endpoint, "pullthrough-b", &[])?;
         let fail = |e: String| format!("{e}; {} log:\n{}", b.name, b.log_tail());
         let large_s3 = timed(rt, &client, &b.url, &large, 1).map_err(fail)?;
         // Its local copy (fsync included) before the next measurement.

@@ -233,6 +233,71 @@ pub fn start_nginx(
         temp_paths = nginx_temp_paths(nginx, dir.path()),
         root = root.display(),
     );
+    run_nginx(rt, nginx, dir, port, &conf, "nginx")
+}
+
+/// nginx as a reverse proxy in front of `upstream` (an S3 API) that sends
+/// each response at no more than `rate` (nginx syntax, such as `16m`),
+/// the way a store that caps each connection does. The Host header passes
+/// through unchanged, so SigV4 signatures still verify.
+pub fn start_rate_limited_proxy(
+    rt: &tokio::runtime::Runtime,
+    nginx: &Path,
+    upstream: &str,
+    rate: &str,
+) -> Result<Server, String> {
+    let dir = temp_dir("bench-nginx-capped-")?;
+    let port = free_port()?;
+    let d = dir.path().display();
+    let upstream = upstream.trim_start_matches("http://");
+    let mut conf = String::new();
+    if running_as_root() {
+        conf.push_str("user root;\n");
+    }
+    // limit_rate only paces buffered proxying (unbuffered responses pass
+    // at full speed); nginx reads ahead of the client, which keeps the
+    // time to the first byte honest.
+    let _ = write!(
+        conf,
+        "worker_processes 1;\n\
+         daemon off;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {d}/client_body;\n\
+         {temp_paths}\
+         \x20   upstream store {{ server {upstream}; keepalive 32; }}\n\
+         \x20   server {{\n\
+         \x20       listen 127.0.0.1:{port};\n\
+         \x20       client_max_body_size 0;\n\
+         \x20       location = /ready {{ return 200 \"ok\\n\"; }}\n\
+         \x20       location / {{\n\
+         \x20           proxy_pass http://store;\n\
+         \x20           proxy_http_version 1.1;\n\
+         \x20           proxy_set_header Connection \"\";\n\
+         \x20           proxy_set_header Host $http_host;\n\
+         \x20           proxy_request_buffering off;\n\
+         \x20           limit_rate {rate};\n\
+         \x20       }}\n\
+         \x20   }}\n\
+         }}\n",
+        temp_paths = nginx_temp_paths(nginx, dir.path()),
+    );
+    run_nginx(rt, nginx, dir, port, &conf, "nginx-capped")
+}
+
+/// Writes `conf` into `dir`, starts nginx on it and waits until `/ready`
+/// answers on `port`.
+fn run_nginx(
+    rt: &tokio::runtime::Runtime,
+    nginx: &Path,
+    dir: TempDir,
+    port: u16,
+    conf: &str,
+    name: &'static str,
+) -> Result<Server, String> {
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).map_err(|e| format!("{}: {e}", conf_path.display()))?;
     let log = dir.path().join("error.log");
@@ -246,9 +311,9 @@ pub fn start_nginx(
         .arg(&conf_path)
         .stdout(Stdio::null())
         .stderr(Stdio::from(create(&dir.path().join("stderr.log"))?));
-    let child = ChildGuard::spawn("nginx", &mut command)?;
+    let child = ChildGuard::spawn(name, &mut command)?;
     let mut server = Server {
-        name: "nginx",
+        name,
         url: format!("http://127.0.0.1:{port}"),
         child,
         log,

@@ -8,12 +8,16 @@
 //! Writes are conditional (`If-None-Match: *`), so replicas never clobber a
 //! finished object; an overwrite by a store that ignores the condition is
 //! harmless, since only verified bytes are ever written. A failed multipart
-//! upload is aborted, so nothing partial is left behind.
+//! upload is aborted, so nothing partial is left behind. Blobs are read
+//! back in parallel ranged GETs ([`get`]).
 //!
 //! Degraded, not down: every operation is bounded by a timeout, and after a
 //! failure the tier is skipped for a few seconds (reads miss, writes are
 //! queued) rather than slowing every request. The first call that succeeds
 //! again ends the degraded state, and queued writes are caught up.
+
+mod get;
+mod parts;
 
 use std::collections::HashSet;
 use std::io;
@@ -26,9 +30,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
-use super::flight::{Source, SourceError};
 use super::read::read_whole;
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
@@ -51,6 +54,12 @@ pub struct S3Tier {
     health: Arc<Health>,
     /// Longest wait for the next bytes of an object being streamed.
     read_timeout: Duration,
+    /// Blobs are read in ranged GETs of this many bytes ...
+    read_part_size: u64,
+    /// ... this many at a time.
+    read_concurrency: usize,
+    /// Counts those ranged GETs.
+    part_reads: IntCounter,
     /// Objects whose upload failed or was skipped while degraded.
     pending: Mutex<HashSet<ObjectKey>>,
 }
@@ -142,6 +151,9 @@ impl S3Tier {
                 gauge: metrics.s3_degraded.clone(),
             }),
             read_timeout: config.timeout,
+            read_part_size: config.read_part_size.0,
+            read_concurrency: config.read_concurrency,
+            part_reads: metrics.s3_part_reads.clone(),
             pending: Mutex::new(HashSet::new()),
         };
         match tier.client.head_bucket().bucket(&tier.bucket).send().await {
@@ -294,50 +306,6 @@ impl S3Tier {
                 false
             }
         }
-    }
-
-    /// Streams a blob from the bucket, for a flight to verify and store
-    /// locally. `None` when absent, or when S3 is down.
-    pub async fn open(&self, key: &ObjectKey) -> Option<Source> {
-        if !self.available() {
-            return None;
-        }
-        let object_key = self.object_key(key);
-        let get = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
-            .await;
-        let out = self.settle(get, "read", &object_key)?;
-        let size = out.content_length().and_then(|l| u64::try_from(l).ok());
-        // A body that stalls or breaks fails the download (its
-        // clients' connections are aborted, nothing is stored) and
-        // marks the tier degraded; the next request goes upstream.
-        let (health, timeout) = (self.health.clone(), self.read_timeout);
-        let body = futures_util::stream::unfold(Some(out.body), move |body| {
-            let health = health.clone();
-            async move {
-                let mut body = body?;
-                let failure = match tokio::time::timeout(timeout, body.try_next()).await {
-                    Ok(Ok(Some(chunk))) => return Some((Ok(chunk), Some(body))),
-                    Ok(Ok(None)) => return None,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no bytes from S3 for {timeout:?}"),
-                };
-                health.failed("read body");
-                Some((
-                    Err(Arc::new(io::Error::other(failure)) as SourceError),
-                    None,
-                ))
-            }
-        });
-        Some(Source {
-            size,
-            body: Box::new(Box::pin(body)),
-            shared: true,
-        })
     }
 
     /// Uploads a file in parts, conditionally; aborts on any failure.

@@ -152,6 +152,23 @@ impl S3Server {
             .collect()
     }
 
+    /// The file s3s-fs keeps an object's bytes in, to tamper with.
+    pub fn object_file(&self, bucket: &str, key: &str) -> PathBuf {
+        self.dir.path().join("data").join(bucket).join(key)
+    }
+
+    /// Writes an object.
+    pub async fn put(&self, bucket: &str, key: &str, bytes: bytes::Bytes) {
+        self.client()
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .expect("object written");
+    }
+
     /// An object's bytes.
     pub async fn get(&self, bucket: &str, key: &str) -> bytes::Bytes {
         let out = self
