@@ -205,7 +205,7 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
             target.clone(),
             repo.clone(),
             reference.clone(),
-            accept.clone(),
+            accept,
         );
         async move {
             registry
