@@ -27,7 +27,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 /// Largest piece handed to a connection at once. Pieces are slices of a
 /// map, so their size costs no memory; it bounds how long one client's
 /// write can take before its task yields.
-const CHUNK: u64 = 1024 * 1024;
+const CHUNK: u64 = 64 * 1024;
 
 /// Reads a whole small file into memory.
 pub fn read_all(file: &File, size: u64) -> io::Result<Bytes> {
