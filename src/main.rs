@@ -127,7 +127,6 @@ fn main() -> ExitCode {
         // odd DNS lookup: a burst of requests must never become a burst of
         // threads.
         .max_blocking_threads(BLOCKING_THREADS)
-        .event_interval(EVENT_INTERVAL)
         .build()
         .expect("tokio runtime");
     match runtime.block_on(serve_until_signal(config)) {
@@ -149,11 +148,6 @@ fn raise_open_file_limit() {
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
 }
-
-/// Tasks a worker runs between two looks for new socket events (tokio's
-/// default is 61): while thousands of clients stream a download, a new
-/// connection is noticed sooner.
-const EVENT_INTERVAL: u32 = 8;
 
 /// The most threads tokio may start for blocking work.
 const BLOCKING_THREADS: usize = 32;

@@ -7,7 +7,7 @@
 //! value, which can only be made by checking bytes against their digest; and
 //! a lookup returns either the whole object or nothing.
 
-mod blocking;
+pub mod blocking;
 mod disk;
 mod flight;
 mod memory;

@@ -409,13 +409,12 @@ impl S3Tier {
 }
 
 async fn read_part(file: Arc<std::fs::File>, offset: u64, len: u64) -> io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
+    super::blocking::run(move || {
         let mut buf = vec![0; len as usize];
         std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
         Ok(Bytes::from(buf))
     })
-    .await
-    .map_err(io::Error::other)?
+    .await?
 }
 
 #[async_trait::async_trait]

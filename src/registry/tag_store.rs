@@ -7,6 +7,7 @@
 //! the others' revalidations. Earlier versions kept one file per tag *and*
 //! `Accept` list directly under `<dir>`; those are removed at open.
 
+use crate::cache::blocking;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,7 +55,7 @@ impl TagStore {
             return Some(entry);
         }
         let path = self.dir.join(key.file_name());
-        match tokio::task::spawn_blocking(move || read_entry(&path))
+        match blocking::run(move || read_entry(&path))
             .await
             .ok()
             .flatten()
@@ -129,7 +130,7 @@ impl TagStore {
             key.clone(),
             entry.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        blocking::detach(move || {
             // The latest entry, not this change's: background writes may
             // run out of order, and each must leave the newest on disk.
             let latest = memory.get(&key).unwrap_or(snapshot);
