@@ -192,8 +192,6 @@ fn run_fleet(
     })
 }
 
-/// `clients` concurrent GETs of `layer`, each on its own connection, each
-/// hashing the body as it streams in.
 /// The clients stand in for nodes on other machines: on this shared
 /// machine their hashing runs at the lowest priority, so it does not take
 /// the CPU from the server whose latency is measured.
@@ -205,6 +203,8 @@ fn lowest_priority() {
     }
 }
 
+/// `clients` concurrent GETs of `layer`, each on its own connection, each
+/// hashing the body as it streams in.
 fn burst(rt: &tokio::runtime::Runtime, layer: &Target, clients: usize) -> Vec<Result<u64, String>> {
     let client = http::client();
     rt.block_on(async {
