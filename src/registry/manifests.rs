@@ -143,19 +143,15 @@ impl Registry {
                     .get_manifest(&repo, digest.as_str(), ALL_MANIFEST_TYPES)
                     .await
                     .map_err(not_found(digest.as_str()))?;
-                let body = manifest.body.clone();
+                let (media_type, body) = (manifest.media_type, manifest.body);
                 let verified =
-                    Verified::bytes(work_key.clone(), Some(manifest.media_type), manifest.body)
+                    Verified::bytes(work_key.clone(), Some(media_type.clone()), body.clone())
                         .map_err(|e| this.mismatch(&upstream, e))?;
                 store_logged(&this, &verified).await;
                 Ok(ManifestReply {
                     digest: digest.clone(),
-                    media_type: verified
-                        .meta()
-                        .media_type
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
-                    size: verified.meta().size,
+                    media_type,
+                    size: body.len() as u64,
                     body: Some(body),
                     outcome: Outcome::Miss,
                 })

@@ -174,12 +174,12 @@ impl Registry {
             .tag_checks
             .run(check_key, async move {
                 // The hand-off re-check: a check that ended just before
-                // this one started may have answered it already.
+                // this one started may have answered it already. (`known`
+                // was not fresh, so a fresh record is that newer answer.)
                 let ttl = upstream.tag_ttl();
                 if let Some(entry) = this.inner.tags.get(&key).await
                     && let Some(record) = entry.choose(accept)
                     && record.is_fresh(now_ms(), ttl, this.inner.stale_retry)
-                    && known.as_ref().is_none_or(|k| k != record)
                 {
                     let record = record.clone();
                     return Ok(TagCheck {
