@@ -200,28 +200,12 @@ pub fn start_nginx(
         std::fs::write(&path, file.bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let port = free_port()?;
-    let d = dir.path().display();
-    let mut conf = String::new();
-    // Workers must read the 0700 temporary directory: as root they would
-    // drop to `nobody` unless told to stay root; as anyone else they
-    // simply run as that user (and `user` would only draw a warning).
-    if running_as_root() {
-        conf.push_str("user root;\n");
-    }
+    let mut conf = nginx_prologue(nginx, dir.path(), "auto");
     let _ = write!(
         conf,
-        "worker_processes auto;\n\
-         daemon off;\n\
-         pid {d}/nginx.pid;\n\
-         error_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n\
-         \x20   access_log off;\n\
-         \x20   sendfile off;\n\
+        "\x20   sendfile off;\n\
          \x20   output_buffers 2 1m;\n\
          \x20   keepalive_requests 1000000;\n\
-         \x20   client_body_temp_path {d}/client_body;\n\
-         {temp_paths}\
          \x20   server {{\n\
          \x20       listen 127.0.0.1:{port};\n\
          \x20       root {root};\n\
@@ -230,7 +214,6 @@ pub fn start_nginx(
          \x20       location = /ready {{ return 200 \"ok\\n\"; }}\n\
          \x20   }}\n\
          }}\n",
-        temp_paths = nginx_temp_paths(nginx, dir.path()),
         root = root.display(),
     );
     run_nginx(rt, nginx, dir, port, &conf, "nginx")
@@ -248,27 +231,14 @@ pub fn start_rate_limited_proxy(
 ) -> Result<Server, String> {
     let dir = temp_dir("bench-nginx-capped-")?;
     let port = free_port()?;
-    let d = dir.path().display();
     let upstream = upstream.trim_start_matches("http://");
-    let mut conf = String::new();
-    if running_as_root() {
-        conf.push_str("user root;\n");
-    }
+    let mut conf = nginx_prologue(nginx, dir.path(), "1");
     // limit_rate only paces buffered proxying (unbuffered responses pass
     // at full speed); nginx reads ahead of the client, which keeps the
     // time to the first byte honest.
     let _ = write!(
         conf,
-        "worker_processes 1;\n\
-         daemon off;\n\
-         pid {d}/nginx.pid;\n\
-         error_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n\
-         \x20   access_log off;\n\
-         \x20   client_body_temp_path {d}/client_body;\n\
-         {temp_paths}\
-         \x20   upstream store {{ server {upstream}; keepalive 32; }}\n\
+        "\x20   upstream store {{ server {upstream}; keepalive 32; }}\n\
          \x20   server {{\n\
          \x20       listen 127.0.0.1:{port};\n\
          \x20       client_max_body_size 0;\n\
@@ -283,9 +253,35 @@ pub fn start_rate_limited_proxy(
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
-        temp_paths = nginx_temp_paths(nginx, dir.path()),
     );
     run_nginx(rt, nginx, dir, port, &conf, "nginx-capped")
+}
+
+/// The start of every nginx configuration the bench writes, up to and
+/// inside `http {`: files under `dir`, `workers` worker processes.
+fn nginx_prologue(nginx: &Path, dir: &Path, workers: &str) -> String {
+    let d = dir.display();
+    let mut conf = String::new();
+    // Workers must read the 0700 temporary directory: as root they would
+    // drop to `nobody` unless told to stay root; as anyone else they
+    // simply run as that user (and `user` would only draw a warning).
+    if running_as_root() {
+        conf.push_str("user root;\n");
+    }
+    let _ = write!(
+        conf,
+        "worker_processes {workers};\n\
+         daemon off;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {d}/client_body;\n\
+         {temp_paths}",
+        temp_paths = nginx_temp_paths(nginx, dir),
+    );
+    conf
 }
 
 /// Writes `conf` into `dir`, starts nginx on it and waits until `/ready`
