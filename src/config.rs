@@ -14,6 +14,10 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+mod budget;
+
+pub use budget::BudgetConfig;
+
 /// The name of the upstream that plain `/v2/<name>` requests go to.
 pub const DOCKER_HUB: &str = "docker.io";
 
@@ -53,6 +57,8 @@ pub struct Config {
     pub s3: S3Config,
     /// Upstream registries by name, merged over the built-in ones.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// How announced pull limits are spent.
+    pub budget: BudgetConfig,
 }
 
 /// The in-memory tier, for manifests and small blobs.
@@ -200,6 +206,7 @@ impl Default for Config {
             timeouts: TimeoutConfig::default(),
             s3: S3Config::default(),
             upstreams,
+            budget: BudgetConfig::default(),
         }
     }
 }
@@ -383,6 +390,7 @@ impl Config {
 
     /// Checks what serde's types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.budget.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }

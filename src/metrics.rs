@@ -31,6 +31,14 @@ pub struct Collectors {
     pub ratelimit_remaining: IntGaugeVec,
     /// The last `ratelimit-limit` an upstream announced.
     pub ratelimit_limit: IntGaugeVec,
+    /// How an upstream's budget may be spent: 0 plenty, 1 reserve, 2 spent.
+    pub budget_standing: IntGaugeVec,
+    /// Manifest GETs upstream answered: what Docker Hub counts as pulls.
+    pub pulls_spent: IntCounterVec,
+    /// Manifest GETs answered without one upstream, by upstream and reason.
+    pub pulls_avoided: IntCounterVec,
+    /// Requests refused because their client spent its fair share.
+    pub fair_share_refusals: IntCounterVec,
     /// 1 while the shared S3 tier is failing and being skipped.
     pub s3_degraded: prometheus::IntGauge,
     /// Parts of S3 objects read with ranged GETs, each answered with its range.
@@ -114,6 +122,30 @@ impl Metrics {
             "The upstream's pull limit per window, from its ratelimit-limit header.",
             &["upstream"],
         );
+        let budget_standing = gauge(
+            &registry,
+            "pullthrough_upstream_budget_standing",
+            "How the upstream's pull budget may be spent: 0 plenty, 1 at the reserve (no revalidation), 2 spent (cached content only).",
+            &["upstream"],
+        );
+        let pulls_spent = counter(
+            &registry,
+            "pullthrough_upstream_pulls_total",
+            "Manifest GETs answered by the upstream: the pulls Docker Hub counts.",
+            &["upstream"],
+        );
+        let pulls_avoided = counter(
+            &registry,
+            "pullthrough_pulls_avoided_total",
+            "Client manifest GETs answered without a counted upstream pull, by reason: cached, revalidated (a free HEAD), coalesced, reserve, stale.",
+            &["upstream", "reason"],
+        );
+        let fair_share_refusals = counter(
+            &registry,
+            "pullthrough_fair_share_refusals_total",
+            "Requests refused with 429 because their client had spent its share of the upstream's budget.",
+            &["upstream"],
+        );
         let s3_degraded = prometheus::IntGauge::new(
             "pullthrough_s3_degraded",
             "1 while the shared S3 tier is failing and skipped; 0 when healthy or not configured.",
@@ -139,6 +171,10 @@ impl Metrics {
             digest_mismatches,
             ratelimit_remaining,
             ratelimit_limit,
+            budget_standing,
+            pulls_spent,
+            pulls_avoided,
+            fair_share_refusals,
             s3_degraded,
             s3_part_reads,
         }))

@@ -49,13 +49,9 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let cache = TieredCache::new(memory, disk, shared);
     cache.spawn_catch_up();
     let upstreams = Upstreams::from_config(config, &metrics)?;
-    let registry = Registry::new(
-        upstreams,
-        cache,
-        &config.data_dir,
-        config.stale_retry,
-        metrics.clone(),
-    )?;
+    upstreams.spawn_budget_probes(config.budget.probe_interval);
+    let registry = Registry::new(upstreams, cache, config, metrics.clone())?;
+    registry.spawn_budget_sharing(config.budget.share_interval);
     Ok(AppState { registry, metrics })
 }
 
@@ -89,8 +85,9 @@ pub async fn run(
         shutdown.await;
         trigger.cancel();
     });
-    let serve = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
     tokio::select! {
         served = serve => served,
         () = async { stopping.cancelled().await; tokio::time::sleep(DRAIN).await } => {

@@ -1,6 +1,8 @@
 //! The API's error: the only error that becomes a response, as an OCI
 //! `{"errors":[{"code","message","detail"}]}` body with an explicit status.
 
+use std::time::Duration;
+
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
@@ -15,6 +17,8 @@ pub struct ApiError {
     /// An OCI distribution error code, such as `MANIFEST_UNKNOWN`.
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -24,6 +28,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -72,6 +77,10 @@ impl From<ReferenceError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let message = e.to_string();
+        let retry_after = match &e {
+            RegistryError::Upstream(u) => u.retry_after,
+            _ => None,
+        };
         let (status, code) = match &e {
             RegistryError::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             RegistryError::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -95,7 +104,10 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Cache(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         };
-        ApiError::new(status, code, message)
+        ApiError {
+            retry_after,
+            ..ApiError::new(status, code, message)
+        }
     }
 }
 
@@ -119,6 +131,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::{ApiError, AppState, query_param, resolve};
 use crate::reference::Reference;
-use crate::registry::{AcceptSet, ManifestReply, Outcome};
+use crate::registry::{AcceptSet, ClientId, ManifestReply, Outcome};
 
 /// `GET|HEAD /v2/<name>/manifests/<reference>`.
 pub async fn serve(
@@ -16,13 +16,14 @@ pub async fn serve(
     reference: &str,
     headers: &HeaderMap,
     head: bool,
+    client: &ClientId,
 ) -> Result<Response, ApiError> {
     let (upstream, repo) = resolve(state, query, name)?;
     let reference = Reference::parse(reference).map_err(ApiError::manifest_reference)?;
     let accept = AcceptSet::from_headers(headers);
     let reply = state
         .registry
-        .manifest(&upstream, &repo, &reference, &accept, !head)
+        .manifest(&upstream, &repo, &reference, &accept, !head, client)
         .await?;
     Ok(manifest_response(reply))
 }

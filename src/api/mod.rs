@@ -8,6 +8,7 @@
 
 mod access;
 mod blobs;
+mod client;
 mod error;
 mod manifests;
 mod range;
@@ -25,7 +26,7 @@ pub use range::ByteRange;
 
 use crate::metrics::Metrics;
 use crate::reference::{RepoName, V2Path};
-use crate::registry::{Outcome, Registry};
+use crate::registry::{ClientId, Outcome, Registry};
 
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
@@ -97,6 +98,7 @@ async fn dispatch(
     method: Method,
     Path(rest): Path<String>,
     RawQuery(query): RawQuery,
+    client: ClientId,
     headers: HeaderMap,
 ) -> Response {
     let reads = method == Method::GET || method == Method::HEAD;
@@ -106,7 +108,7 @@ async fn dispatch(
         V2Path::Base => tag(EndpointKind::Base, base(&method)),
         V2Path::Manifest { name, reference } if reads => tag(
             EndpointKind::Manifest,
-            manifests::serve(&state, query, name, reference, &headers, head).await,
+            manifests::serve(&state, query, name, reference, &headers, head, &client).await,
         ),
         V2Path::Blob { name, digest } if reads => tag(
             EndpointKind::Blob,
@@ -118,7 +120,7 @@ async fn dispatch(
         ),
         V2Path::Referrers { name, digest } if reads => tag(
             EndpointKind::Referrers,
-            referrers::serve(&state, query, name, digest, head).await,
+            referrers::serve(&state, query, name, digest, head, &client).await,
         ),
         V2Path::Manifest { .. }
         | V2Path::Blob { .. }

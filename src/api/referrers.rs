@@ -7,6 +7,7 @@ use http::{HeaderValue, header};
 use super::{ApiError, AppState, query_param, resolve};
 use crate::digest::Digest;
 use crate::reference::ReferenceError;
+use crate::registry::ClientId;
 use crate::upstream::{FILTERS_APPLIED, OCI_INDEX};
 
 /// `GET|HEAD /v2/<name>/referrers/<digest>[?artifactType=...]`. A digest
@@ -17,6 +18,7 @@ pub async fn serve(
     name: &str,
     digest: &str,
     head: bool,
+    client: &ClientId,
 ) -> Result<Response, ApiError> {
     let (upstream, repo) = resolve(state, query, name)?;
     let digest: Digest = digest
@@ -25,7 +27,7 @@ pub async fn serve(
     let artifact_type = query_param(query, "artifactType").filter(|t| !t.is_empty());
     let reply = state
         .registry
-        .referrers(&upstream, &repo, &digest, artifact_type)
+        .referrers(&upstream, &repo, &digest, artifact_type, client)
         .await?;
     let length = reply.body.len();
     let body = if head {

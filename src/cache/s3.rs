@@ -243,6 +243,12 @@ impl S3Tier {
         format!("{}tags/{name}", self.prefix)
     }
 
+    /// The object key of shared state named `name`, such as what replicas
+    /// know of an upstream's pull budget.
+    pub fn state_key(&self, name: &str) -> String {
+        format!("{}state/{name}", self.prefix)
+    }
+
     /// Reads a small object whole: `None` when absent or when S3 is down.
     pub async fn get_small(&self, key: &str) -> Option<(Bytes, Option<String>)> {
         if !self.available() {

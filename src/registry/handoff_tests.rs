@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use http::{Method, StatusCode, Uri};
 use tokio::sync::oneshot;
 
-use super::{BlobBody, Registry};
+use super::{BlobBody, ClientId, Registry};
 use crate::cache::{DiskTier, MemoryTier, ObjectKey, TieredCache};
 use crate::config::{Config, UpstreamConfig};
 use crate::digest::Digest;
@@ -116,7 +116,10 @@ async fn start_upstream() -> Upstream {
 }
 
 fn registry(upstream: &Upstream, dir: &std::path::Path) -> Registry {
-    let mut config = Config::default();
+    let mut config = Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
     config
         .upstreams
         .insert("docker.io".into(), UpstreamConfig::new(&upstream.url));
@@ -128,7 +131,7 @@ fn registry(upstream: &Upstream, dir: &std::path::Path) -> Registry {
         DiskTier::open(&dir.join("cache")).unwrap(),
         None,
     );
-    Registry::new(upstreams, cache, dir, config.stale_retry, metrics).unwrap()
+    Registry::new(upstreams, cache, &config, metrics).unwrap()
 }
 
 async fn body_of(reply: super::BlobReply) -> Vec<u8> {
@@ -209,7 +212,14 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
         );
         async move {
             registry
-                .manifest(&target, &repo, &reference, &accept, true)
+                .manifest(
+                    &target,
+                    &repo,
+                    &reference,
+                    &accept,
+                    true,
+                    &ClientId::Unknown,
+                )
                 .await
                 .unwrap()
         }
@@ -217,7 +227,14 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
     parked.await.unwrap();
 
     let first = registry
-        .manifest(&target, &repo, &reference, &accept, true)
+        .manifest(
+            &target,
+            &repo,
+            &reference,
+            &accept,
+            true,
+            &ClientId::Unknown,
+        )
         .await
         .unwrap();
     assert_eq!(first.body.as_deref(), Some(MANIFEST));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ALL_MANIFEST_TYPES, AcceptSet, Outcome, Registry, RegistryError};
+use super::{ALL_MANIFEST_TYPES, AcceptSet, ClientId, Outcome, Registry, RegistryError};
 use crate::cache::{CacheError, Content, Object, ObjectKey, Verified, read_whole};
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName};
@@ -42,7 +42,8 @@ pub(super) fn is_not_a_manifest(e: &RegistryError) -> bool {
 }
 
 impl Registry {
-    /// Answers a manifest GET (`want_body`) or HEAD.
+    /// Answers a manifest GET (`want_body`) or HEAD for `client`, whose
+    /// fair share pays for any pull this costs.
     pub async fn manifest(
         &self,
         upstream: &Arc<Upstream>,
@@ -50,17 +51,40 @@ impl Registry {
         reference: &Reference,
         accept: &AcceptSet,
         want_body: bool,
+        client: &ClientId,
     ) -> Result<ManifestReply, RegistryError> {
-        match reference {
+        let reply = match reference {
             Reference::Digest(digest) => {
-                self.manifest_by_digest(upstream, repo, digest, want_body)
+                self.manifest_by_digest(upstream, repo, digest, want_body, client)
                     .await
             }
             Reference::Tag(tag) => {
-                self.manifest_by_tag(upstream, repo, tag, *accept, want_body)
+                self.manifest_by_tag(upstream, repo, tag, *accept, want_body, client)
                     .await
             }
+        }?;
+        if want_body {
+            self.count_pull_avoided(upstream, reply.outcome);
         }
+        Ok(reply)
+    }
+
+    /// Counts a manifest GET that upstream would have counted as a pull,
+    /// had it gone there.
+    fn count_pull_avoided(&self, upstream: &Upstream, outcome: Outcome) {
+        let reason = match outcome {
+            Outcome::Hit(_) => "cached",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Reserve => "reserve",
+            Outcome::Stale => "stale",
+            Outcome::Miss | Outcome::Relayed | Outcome::Local => return,
+        };
+        self.inner
+            .metrics
+            .pulls_avoided
+            .with_label_values(&[upstream.name(), reason])
+            .inc();
     }
 
     /// A cached object from the fastest tier that has it. A failing tier is
@@ -84,6 +108,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         want_body: bool,
+        client: &ClientId,
     ) -> Result<ManifestReply, RegistryError> {
         let key = ObjectKey::manifest(digest.clone());
         if let Some((object, tier)) = self.cached(&key).await {
@@ -107,7 +132,18 @@ impl Registry {
             }
         }
         self.handoff(&key).await;
-        let (reply, joined) = self.fetch_manifest(upstream, repo, key).await?;
+        if self.inner.manifest_fetches.get(&key).is_none() {
+            // Joining a fetch is free; starting one spends the client's share.
+            self.inner.shares.check(upstream, client).map_err(|e| {
+                self.inner
+                    .metrics
+                    .fair_share_refusals
+                    .with_label_values(&[upstream.name()])
+                    .inc();
+                RegistryError::Upstream(e)
+            })?;
+        }
+        let (reply, joined) = self.fetch_manifest(upstream, repo, key, client).await?;
         let outcome = match reply.outcome {
             Outcome::Miss => Outcome::fetched(joined),
             other => other,
@@ -128,8 +164,10 @@ impl Registry {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         key: ObjectKey,
+        client: &ClientId,
     ) -> Result<(ManifestReply, bool), RegistryError> {
         let (this, upstream, repo) = (self.clone(), upstream.clone(), repo.clone());
+        let client = client.clone();
         let work_key = key.clone();
         let (result, joined) = self
             .inner
@@ -143,6 +181,7 @@ impl Registry {
                     .get_manifest(&repo, digest.as_str(), ALL_MANIFEST_TYPES)
                     .await
                     .map_err(not_found(digest.as_str()))?;
+                this.inner.shares.charge(&upstream, &client);
                 let (media_type, body) = (manifest.media_type, manifest.body);
                 let verified =
                     Verified::bytes(work_key.clone(), Some(media_type.clone()), body.clone())

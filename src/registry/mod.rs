@@ -7,15 +7,16 @@
 
 mod accept;
 mod blobs;
+mod budget_share;
 #[cfg(test)]
 mod handoff_tests;
 mod manifests;
 mod referrers;
+mod share;
 mod tag_store;
 mod tagged;
 mod tags;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +25,12 @@ pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
 pub use manifests::ManifestReply;
 pub use referrers::{ReferrersReply, fallback_tag};
+pub use share::ClientId;
 pub use tag_store::TagStore;
 pub use tags::{TagEntry, TagKey, TagRecord, now_ms};
 
 use crate::cache::{CacheError, Flights, ObjectKey, TieredCache};
+use crate::config::Config;
 use crate::digest::DigestMismatch;
 use crate::metrics::Metrics;
 use crate::reference::RepoName;
@@ -46,6 +49,9 @@ pub enum Outcome {
     Revalidated,
     /// Upstream failed; a cached copy was served instead.
     Stale,
+    /// A cached tag served past its TTL without asking upstream: the
+    /// upstream's pull budget is at its reserve or spent.
+    Reserve,
     /// Relayed from upstream without caching (tag lists).
     Relayed,
     /// Answered locally without the cache (`/v2/`, errors).
@@ -64,6 +70,7 @@ impl Outcome {
             Outcome::Coalesced => "coalesced",
             Outcome::Revalidated => "revalidated",
             Outcome::Stale => "stale",
+            Outcome::Reserve => "reserve",
             Outcome::Relayed => "relayed",
             Outcome::Local => "local",
         }
@@ -126,6 +133,7 @@ struct Inner {
     manifest_fetches: SingleFlight<ObjectKey, Option<Result<ManifestReply, RegistryError>>>,
     tag_checks: SingleFlight<tagged::CheckKey, Option<Result<tagged::TagCheck, RegistryError>>>,
     stale_retry: Duration,
+    shares: share::FairShare,
     metrics: Metrics,
     /// Where tests park a request between its cache miss and its fetch.
     #[cfg(test)]
@@ -137,10 +145,10 @@ impl Registry {
     pub fn new(
         upstreams: Upstreams,
         cache: TieredCache,
-        data_dir: &Path,
-        stale_retry: Duration,
+        config: &Config,
         metrics: Metrics,
     ) -> Result<Self, CacheError> {
+        let data_dir = &config.data_dir;
         let tags =
             TagStore::open(&data_dir.join("tags"), cache.shared().cloned()).map_err(|source| {
                 CacheError::Io {
@@ -157,7 +165,8 @@ impl Registry {
             blob_flights: Flights::new(metrics.clone()),
             manifest_fetches: SingleFlight::default(),
             tag_checks: SingleFlight::default(),
-            stale_retry,
+            stale_retry: config.stale_retry,
+            shares: share::FairShare::new(config.budget.client_share_percent),
             metrics,
             #[cfg(test)]
             handoff: Default::default(),

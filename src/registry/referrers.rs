@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, header};
 use moka::sync::Cache;
 use serde_json::{Value, json};
 
-use super::{AcceptSet, Outcome, Registry, RegistryError, now_ms};
+use super::{AcceptSet, ClientId, Outcome, Registry, RegistryError, now_ms};
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName, Tag};
 use crate::upstream::{ErrorKind, OCI_INDEX, Upstream, is_index};
@@ -77,13 +77,15 @@ pub struct ReferrersReply {
 
 impl Registry {
     /// The referrers of `digest` in `repo`, filtered by the client's raw
-    /// (percent-encoded) `artifact_type` when given.
+    /// (percent-encoded) `artifact_type` when given; the spec's fallback
+    /// tag is pulled on `client`'s share.
     pub async fn referrers(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
         artifact_type: Option<&str>,
+        client: &ClientId,
     ) -> Result<ReferrersReply, RegistryError> {
         let key = ReferrersKey {
             upstream: upstream.name().to_owned(),
@@ -100,7 +102,7 @@ impl Registry {
             return Ok(reply(record, Outcome::Hit("memory")));
         }
         match self
-            .fetch_referrers(upstream, repo, digest, artifact_type)
+            .fetch_referrers(upstream, repo, digest, artifact_type, client)
             .await
         {
             Ok((body, filters_applied)) => {
@@ -131,6 +133,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         artifact_type: Option<&str>,
+        client: &ClientId,
     ) -> Result<(Bytes, Option<HeaderValue>), RegistryError> {
         match upstream.referrers(repo, digest, artifact_type).await {
             Ok(relayed) => {
@@ -141,7 +144,7 @@ impl Registry {
                 Ok((relayed.body, filters))
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
-                self.referrers_from_tag(upstream, repo, digest, artifact_type)
+                self.referrers_from_tag(upstream, repo, digest, artifact_type, client)
                     .await
             }
             Err(e) => Err(RegistryError::Upstream(e)),
@@ -157,6 +160,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         artifact_type: Option<&str>,
+        client: &ClientId,
     ) -> Result<(Bytes, Option<HeaderValue>), RegistryError> {
         let tag = Tag::parse(&fallback_tag(digest)).map_err(|e| {
             RegistryError::ManifestUnknown(format!("no referrers tag for {digest}: {e}"))
@@ -165,7 +169,7 @@ impl Registry {
         headers.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
         let accept = AcceptSet::from_headers(&headers);
         let found = self
-            .manifest(upstream, repo, &Reference::Tag(tag), &accept, true)
+            .manifest(upstream, repo, &Reference::Tag(tag), &accept, true, client)
             .await;
         let descriptors = match found {
             Ok(reply) => {

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use super::accept::{AcceptSet, Kind};
 use super::manifests::{ManifestReply, is_not_a_manifest, is_transient, not_found, store_logged};
 use super::tags::{TagKey, TagRecord, now_ms};
-use super::{Outcome, Registry, RegistryError};
+use super::{ClientId, Outcome, Registry, RegistryError};
 use crate::cache::{ObjectKey, Verified};
 use crate::digest::Digest;
 use crate::reference::{RepoName, Tag};
-use crate::upstream::Upstream;
+use crate::upstream::{Standing, Upstream};
 
 /// What a tag check is about: concurrent requests with equal keys share one
 /// upstream exchange.
@@ -54,6 +54,7 @@ impl Registry {
         tag: &Tag,
         accept: AcceptSet,
         want_body: bool,
+        client: &ClientId,
     ) -> Result<ManifestReply, RegistryError> {
         let key = TagKey {
             upstream: upstream.name().to_owned(),
@@ -72,6 +73,12 @@ impl Registry {
         }
         let (record, checked) = match entry.choose(accept).cloned() {
             Some(r) if fresh(&r) => (r, None),
+            // A low budget is spent on content never seen before, not on
+            // learning that a cached tag moved (which would also tell a
+            // HEAD-first client a digest the mirror may not deliver).
+            Some(r) if upstream.budget().standing() != Standing::Plenty => {
+                (r, Some(Outcome::Reserve))
+            }
             known => {
                 let check = self
                     .check_tag(upstream, repo, tag, accept, key.clone(), known)
@@ -94,7 +101,7 @@ impl Registry {
             });
         }
         let reply = match self
-            .manifest_by_digest(upstream, repo, &digest, want_body)
+            .manifest_by_digest(upstream, repo, &digest, want_body, client)
             .await
         {
             Err(e) if is_transient(&e) => {
@@ -111,7 +118,7 @@ impl Registry {
             other => other?,
         };
         let outcome = match (checked, reply.outcome) {
-            (Some(Outcome::Stale), _) => Outcome::Stale,
+            (Some(held @ (Outcome::Stale | Outcome::Reserve)), _) => held,
             (Some(check), Outcome::Hit(_)) => check,
             (_, body) => body,
         };

@@ -2,6 +2,7 @@
 //! by what the caller can do about it.
 
 use std::fmt;
+use std::time::Duration;
 
 /// A failed exchange with one upstream registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub struct UpstreamError {
     pub kind: ErrorKind,
     /// Human-readable detail, never containing credentials.
     pub detail: String,
+    /// For [`ErrorKind::RateLimited`]: when asking again makes sense.
+    pub retry_after: Option<Duration>,
 }
 
 /// What kind of failure, which decides retrying, stale serving and the status
@@ -44,6 +47,15 @@ impl UpstreamError {
             upstream: upstream.to_owned(),
             kind,
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same error, telling the client when to ask again.
+    pub fn with_retry_after(self, wait: Duration) -> Self {
+        UpstreamError {
+            retry_after: Some(wait),
+            ..self
         }
     }
 

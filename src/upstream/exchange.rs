@@ -13,9 +13,9 @@
 use http::{HeaderValue, Method, StatusCode, header};
 use reqwest::{Response, Url};
 
+use super::Upstream;
 use super::auth::Challenge;
 use super::error::{ErrorKind, UpstreamError};
-use super::{Upstream, ratelimit};
 use crate::reference::RepoName;
 
 /// Redirect hops followed before giving up.
@@ -53,7 +53,7 @@ impl Upstream {
         loop {
             let origin = url.origin().ascii_serialization();
             let response = self.send_once(&ask, &url, &origin, &scope).await?;
-            ratelimit::observe(&self.metrics, &self.name, response.headers());
+            self.budget.observe(response.headers());
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED
                 && !challenged
@@ -156,7 +156,10 @@ impl Upstream {
             300..=399 => ErrorKind::Invalid,
             404 => ErrorKind::NotFound,
             401 | 403 => ErrorKind::Denied,
-            429 => ErrorKind::RateLimited,
+            429 => {
+                let wait = self.budget.refused(response.headers());
+                return Err(self.budget.spent_error(&self.budget.state(), wait));
+            }
             code => ErrorKind::Status(code),
         };
         Err(self.error(

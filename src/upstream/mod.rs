@@ -11,10 +11,11 @@
 //! manifest is checked to be one (`manifest`) before a caller can cache it.
 
 mod auth;
+mod budget;
 mod error;
 mod exchange;
 mod manifest;
-mod ratelimit;
+mod probe;
 mod referrers;
 mod route;
 
@@ -28,6 +29,7 @@ use http::{HeaderMap, Method, StatusCode, header};
 use reqwest::{Response, Url};
 
 pub use auth::Challenge;
+pub use budget::{Budget, BudgetState, Standing};
 pub use error::{ErrorKind, UpstreamError};
 pub use manifest::{Manifest, NotAManifest};
 pub use referrers::{FILTERS_APPLIED, OCI_INDEX, is_index};
@@ -98,6 +100,7 @@ impl Upstreams {
                 tag_ttl: config.tag_ttl_of(name),
                 request_timeout: config.timeouts.request,
                 library_namespace: name == crate::config::DOCKER_HUB,
+                budget: Budget::new(name, config.budget.clone(), metrics.clone()),
                 metrics: metrics.clone(),
             };
             by_name.insert(name.clone(), Arc::new(upstream));
@@ -121,6 +124,11 @@ impl Upstreams {
     /// The upstream called `name`, if configured and enabled.
     pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.by_name.get(name)
+    }
+
+    /// Every enabled upstream.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.by_name.values()
     }
 
     /// The upstream for requests that name none.
@@ -159,6 +167,7 @@ pub struct Upstream {
     tag_ttl: Duration,
     request_timeout: Duration,
     library_namespace: bool,
+    budget: Budget,
     metrics: Metrics,
 }
 
@@ -166,6 +175,11 @@ impl Upstream {
     /// The configured name, such as `docker.io`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The pull budget this upstream announces, and how it may be spent.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// How long a tag answer from this upstream is trusted.
@@ -218,6 +232,7 @@ impl Upstream {
         reference: &str,
         accept: &str,
     ) -> Result<Manifest, UpstreamError> {
+        self.budget.admit()?;
         let path = format!("/v2/{repo}/manifests/{reference}");
         let response = self
             .send(Ask {
@@ -229,6 +244,10 @@ impl Upstream {
                 bounded: true,
             })
             .await?;
+        self.metrics
+            .pulls_spent
+            .with_label_values(&[&self.name])
+            .inc();
         let head = self.manifest_head(&response)?;
         if head.size.is_some_and(|s| s > MAX_MANIFEST_BYTES) {
             return Err(self.error(ErrorKind::TooLarge, "manifest is larger than 4 MiB"));

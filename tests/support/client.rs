@@ -68,9 +68,16 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
+        Self::from_address(base, None)
+    }
+
+    /// A client whose connections come from `local` (any 127/8 address on
+    /// loopback), so the mirror sees it as a different node.
+    pub fn from_address(base: &str, local: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(0)
+            .local_address(local)
             .build()
             .unwrap();
         Client {

@@ -99,8 +99,11 @@ pub struct HubSim {
 #[derive(Clone, Debug, Default)]
 pub struct SimOptions {
     /// Manifest GETs allowed per client key; `None` = 100 (Docker Hub's
-    /// anonymous limit). The window never resets during a test.
+    /// anonymous limit). The window resets only when a test calls
+    /// [`HubSim::new_rate_window`].
     pub rate_limit: Option<u32>,
+    /// `Retry-After` seconds sent with a rate-limit 429; `None` sends none.
+    pub retry_after: Option<u32>,
     /// Lifetime of issued tokens; `None` = 300 s. `expires_in` is reported
     /// rounded up to whole seconds.
     pub token_ttl: Option<Duration>,
@@ -416,6 +419,12 @@ impl HubSim {
     /// i.e. `"127.0.0.1"`). Only manifest GETs answered 200 are charged.
     pub fn rate_limit_remaining(&self, key: &str) -> u32 {
         self.shared.remaining(key)
+    }
+
+    /// Starts a new rate-limit window of `limit` manifest GETs per client
+    /// key, forgetting what was spent.
+    pub fn new_rate_window(&self, limit: u32) {
+        self.shared.new_rate_window(limit);
     }
 
     /// Every request seen so far, in arrival order, as

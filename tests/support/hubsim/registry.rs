@@ -185,11 +185,7 @@ fn rate_headers(sim: &Shared, resp: &mut Response, key: &str, remaining: u32) {
         return;
     }
     let h = resp.headers_mut();
-    set_header(
-        h,
-        "ratelimit-limit",
-        &format!("{};{WINDOW}", sim.rate_limit),
-    );
+    set_header(h, "ratelimit-limit", &format!("{};{WINDOW}", sim.limit()));
     set_header(h, "ratelimit-remaining", &format!("{remaining};{WINDOW}"));
     set_header(h, "docker-ratelimit-source", key);
 }
@@ -282,6 +278,9 @@ async fn manifest(
             Err(()) => {
                 let mut resp = too_many_requests();
                 rate_headers(sim, &mut resp, key, 0);
+                if let Some(secs) = sim.retry_after {
+                    set_header(resp.headers_mut(), "retry-after", &secs.to_string());
+                }
                 return resp;
             }
         }

@@ -5,7 +5,7 @@
 //! never across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,8 @@ pub(super) struct Shared {
     pub registry_url: String,
     pub realm_url: String,
     pub cdn_url: String,
-    pub rate_limit: u32,
+    pub rate_limit: AtomicU32,
+    pub retry_after: Option<u32>,
     pub token_ttl: Duration,
     pub users: Vec<(String, String)>,
     pub rate_limit_headers: bool,
@@ -161,7 +162,8 @@ impl Shared {
             registry_url,
             realm_url,
             cdn_url,
-            rate_limit: opts.rate_limit.unwrap_or(100),
+            rate_limit: AtomicU32::new(opts.rate_limit.unwrap_or(100)),
+            retry_after: opts.retry_after,
             token_ttl: opts.token_ttl.unwrap_or(Duration::from_secs(300)),
             users: opts.users.clone(),
             rate_limit_headers: !opts.no_rate_limit_headers,
@@ -292,9 +294,20 @@ impl Shared {
 
     // ---- rate limit -----------------------------------------------------
 
+    pub fn limit(&self) -> u32 {
+        self.rate_limit.load(Ordering::Relaxed)
+    }
+
     pub fn remaining(&self, key: &str) -> u32 {
         let used = lock(&self.rate_used).get(key).copied().unwrap_or(0);
-        self.rate_limit.saturating_sub(used)
+        self.limit().saturating_sub(used)
+    }
+
+    /// Starts a new window with `limit` pulls per client key.
+    pub fn new_rate_window(&self, limit: u32) {
+        let mut used = lock(&self.rate_used);
+        self.rate_limit.store(limit, Ordering::Relaxed);
+        used.clear();
     }
 
     /// Charges one pull to `key`; `Err` when the allowance is spent.
@@ -302,11 +315,11 @@ impl Shared {
     pub fn try_charge(&self, key: &str) -> Result<u32, ()> {
         let mut used = lock(&self.rate_used);
         let u = used.entry(key.to_owned()).or_insert(0);
-        if *u >= self.rate_limit {
+        if *u >= self.limit() {
             return Err(());
         }
         *u += 1;
-        Ok(self.rate_limit - *u)
+        Ok(self.limit() - *u)
     }
 
     /// Gives back a charge for a GET that turned out not to succeed.

@@ -1,0 +1,25 @@
+//! Who a request comes from, for the fair share of counted pulls: the
+//! connection's peer address (what `axum::serve` records when the router is
+//! served with connect info), or an authenticated client's name when a
+//! layer in front has put one in the request's extensions.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use http::request::Parts;
+
+use crate::registry::ClientId;
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(named) = parts.extensions.get::<ClientId>() {
+            return Ok(named.clone());
+        }
+        Ok(parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(ClientId::Unknown, |info| ClientId::Address(info.0.ip())))
+    }
+}

@@ -1,0 +1,140 @@
+//! Fair share: no one client may spend more than its share of an
+//! upstream's counted pulls within the upstream's window, so one
+//! misconfigured CI job cannot spend a whole cluster's budget.
+//!
+//! Only pulls a client causes are charged: joining another client's fetch,
+//! and everything served from the cache, is free. A client over its share
+//! may still join a fetch already running; anything else that would spend
+//! a pull gets 429 `TOOMANYREQUESTS`, so cached and stale content keeps
+//! flowing to it, and other clients keep pulling.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use super::tags::now_ms;
+use crate::upstream::{ErrorKind, Upstream, UpstreamError};
+
+/// Who asked: the key of a client's share. An address today; an
+/// authenticated client's name where client authentication names one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientId {
+    /// The peer address of the connection.
+    Address(IpAddr),
+    /// A client that authenticated as this name.
+    Named(Arc<str>),
+    /// No connection information (in-process callers and tests).
+    Unknown,
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientId::Address(ip) => write!(f, "{ip}"),
+            ClientId::Named(name) => write!(f, "{name}"),
+            ClientId::Unknown => f.write_str("an unidentified client"),
+        }
+    }
+}
+
+/// A window used when the upstream announced none: Docker Hub's.
+const DEFAULT_WINDOW_SECS: u64 = 21_600;
+
+/// Clients whose pulls are remembered at once; more than any cluster has.
+const MAX_CLIENTS: u64 = 100_000;
+
+/// The counted pulls each client spent, per upstream, within the window.
+pub(super) struct FairShare {
+    percent: u8,
+    /// Times (ms) of each client's recent pulls, oldest first.
+    spent: Cache<(String, ClientId), Arc<Mutex<VecDeque<u64>>>>,
+}
+
+impl FairShare {
+    /// Shares of `percent` of each upstream's limit; 0 turns them off.
+    pub(super) fn new(percent: u8) -> Self {
+        FairShare {
+            percent,
+            spent: Cache::builder()
+                .max_capacity(MAX_CLIENTS)
+                .time_to_idle(Duration::from_secs(DEFAULT_WINDOW_SECS * 4))
+                .build(),
+        }
+    }
+
+    /// The share and window of `upstream`, when it announced a limit.
+    fn allowance(&self, upstream: &Upstream) -> Option<(usize, u64)> {
+        if self.percent == 0 {
+            return None;
+        }
+        let state = upstream.budget().state();
+        let limit = state.limit?;
+        let share = limit.saturating_mul(u64::from(self.percent)).div_ceil(100);
+        let window_ms = state
+            .window_secs
+            .unwrap_or(DEFAULT_WINDOW_SECS)
+            .saturating_mul(1000);
+        Some((
+            usize::try_from(share.max(1)).unwrap_or(usize::MAX),
+            window_ms,
+        ))
+    }
+
+    /// `Err` when `client` has spent its share of `upstream`'s pulls: a
+    /// 429 saying whose share, how big, and when a pull frees up.
+    pub(super) fn check(
+        &self,
+        upstream: &Upstream,
+        client: &ClientId,
+    ) -> Result<(), UpstreamError> {
+        let Some((share, window_ms)) = self.allowance(upstream) else {
+            return Ok(());
+        };
+        let Some(spent) = self
+            .spent
+            .get(&(upstream.name().to_owned(), client.clone()))
+        else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut spent = spent.lock().unwrap_or_else(|e| e.into_inner());
+        while spent.front().is_some_and(|&t| t + window_ms <= now) {
+            spent.pop_front();
+        }
+        if spent.len() < share {
+            return Ok(());
+        }
+        let oldest = spent.front().copied().unwrap_or(now);
+        let wait = Duration::from_millis((oldest + window_ms).saturating_sub(now));
+        let detail = format!(
+            "{client} has spent its fair share of this upstream's pulls ({share} per {}); other clients still pull, and cached images still pull; try new content again in {}s",
+            humantime::format_duration(Duration::from_secs(window_ms / 1000)),
+            wait.as_secs().max(1)
+        );
+        Err(
+            UpstreamError::new(upstream.name(), ErrorKind::RateLimited, detail)
+                .with_retry_after(wait),
+        )
+    }
+
+    /// Charges `client` one pull of `upstream`'s.
+    pub(super) fn charge(&self, upstream: &Upstream, client: &ClientId) {
+        let Some((share, _)) = self.allowance(upstream) else {
+            return;
+        };
+        let spent = self.spent.get_with(
+            (upstream.name().to_owned(), client.clone()),
+            Default::default,
+        );
+        let mut spent = spent.lock().unwrap_or_else(|e| e.into_inner());
+        spent.push_back(now_ms());
+        // Only the newest `share` times can ever matter.
+        while spent.len() > share {
+            spent.pop_front();
+        }
+    }
+}
