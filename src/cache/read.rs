@@ -115,9 +115,11 @@ impl Follower {
             }
             if let Some(view) = view.filter(|_| self.pos < readable) {
                 let stop = readable.min(self.end).min(self.pos + CHUNK);
-                let piece = view.slice(self.pos as usize..stop as usize);
-                self.pos = stop;
-                return Ok(Some(piece));
+                let piece = view.piece(self.pos, stop);
+                if !piece.is_empty() {
+                    self.pos += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
             }
             // A closed channel is the run's end: only a finished download
             // may still be read from; anything else was abandoned.
