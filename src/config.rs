@@ -503,8 +503,14 @@ impl ResilienceConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("resilience.attempts", self.attempts as usize),
-            ("resilience.circuit_failures", self.circuit_failures as usize),
-            ("resilience.max_concurrent_fetches", self.max_concurrent_fetches),
+            (
+                "resilience.circuit_failures",
+                self.circuit_failures as usize,
+            ),
+            (
+                "resilience.max_concurrent_fetches",
+                self.max_concurrent_fetches,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
@@ -517,7 +523,10 @@ impl ResilienceConfig {
             ));
         }
         if self.circuit_cooldown.is_zero() {
-            return Err(invalid("resilience.circuit_cooldown", "must be greater than zero"));
+            return Err(invalid(
+                "resilience.circuit_cooldown",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }
@@ -696,7 +705,10 @@ mod tests {
         assert_eq!(c.resilience.attempts, 3, "defaults for what is left out");
         for (toml, field) in [
             ("attempts = 0", "resilience.attempts"),
-            ("max_concurrent_fetches = 0", "resilience.max_concurrent_fetches"),
+            (
+                "max_concurrent_fetches = 0",
+                "resilience.max_concurrent_fetches",
+            ),
             ("backoff_base = \"5s\"", "resilience.backoff_base"),
             ("circuit_cooldown = \"0s\"", "resilience.circuit_cooldown"),
         ] {

@@ -359,9 +359,9 @@ where
         }));
     }
     let object = match temp {
-        Some(temp) => Some(
-            Verified::file(key.clone(), hashed, size, temp).map_err(FlightError::Mismatch)?,
-        ),
+        Some(temp) => {
+            Some(Verified::file(key.clone(), hashed, size, temp).map_err(FlightError::Mismatch)?)
+        }
         None => None,
     };
     Ok((Transferred { size, object }, origin))

@@ -84,7 +84,10 @@ impl Tail {
 
     fn piece(&self, pos: u64, stop: u64) -> Bytes {
         let held = self.chunks.read().unwrap_or_else(|e| e.into_inner());
-        let Some(index) = held.partition_point(|(offset, _)| *offset <= pos).checked_sub(1) else {
+        let Some(index) = held
+            .partition_point(|(offset, _)| *offset <= pos)
+            .checked_sub(1)
+        else {
             return Bytes::new();
         };
         let (offset, chunk) = &held[index];
@@ -125,8 +128,16 @@ mod tests {
         for step in [1, 7, 64, 1000] {
             assert_eq!(read_all(&view, 1000, step), data, "step {step}");
         }
-        assert_eq!(&view.piece(290, 310)[..], &data[290..300], "stops at the map's end");
-        assert_eq!(&view.piece(440, 460)[..], &data[440..450], "stops at a chunk's end");
+        assert_eq!(
+            &view.piece(290, 310)[..],
+            &data[290..300],
+            "stops at the map's end"
+        );
+        assert_eq!(
+            &view.piece(440, 460)[..],
+            &data[440..450],
+            "stops at a chunk's end"
+        );
     }
 
     #[test]

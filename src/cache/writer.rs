@@ -189,15 +189,13 @@ impl Writer {
         self.written = self.queued;
         // Without a known size the file grows: map what is written so far.
         let grown = match (&self.sink, self.size) {
-            (Sink::File(temp), None) => Some(
-                map_file(temp.file(), self.written).map_err(|e| {
-                    FlightError::Cache(Arc::new(CacheError::Io {
-                        tier: "disk",
-                        context: "mapping a download".into(),
-                        source: e,
-                    }))
-                })?,
-            ),
+            (Sink::File(temp), None) => Some(map_file(temp.file(), self.written).map_err(|e| {
+                FlightError::Cache(Arc::new(CacheError::Io {
+                    tier: "disk",
+                    context: "mapping a download".into(),
+                    source: e,
+                }))
+            })?),
             _ => None,
         };
         let written = self.written;

@@ -247,7 +247,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let dropped = c.admit().unwrap();
         drop(dropped);
-        let probe = c.admit().expect("a dropped probe lets the next one through");
+        let probe = c
+            .admit()
+            .expect("a dropped probe lets the next one through");
         probe.settle(&Ok::<(), UpstreamError>(()));
         assert_eq!(c.gauge.get(), 0, "closed");
         c.admit().unwrap().settle(&fail(ErrorKind::Connect));

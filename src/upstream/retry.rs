@@ -82,7 +82,10 @@ impl Drop for Waiting<'_> {
 /// random time up to `min(cap, base * 2^(retry-1))` ("full jitter").
 fn backoff(retry: u32, base: Duration, cap: Duration) -> Duration {
     let ceiling = base
-        .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
+        .saturating_mul(
+            1u32.checked_shl(retry.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
         .min(cap);
     ceiling.mul_f64(rand::random::<f64>())
 }
@@ -190,6 +193,9 @@ mod tests {
                 "retry {retry}: {low} of 200 pauses below half the ceiling"
             );
         }
-        assert!(backoff(40, base, cap) <= cap, "no overflow for many retries");
+        assert!(
+            backoff(40, base, cap) <= cap,
+            "no overflow for many retries"
+        );
     }
 }

@@ -159,6 +159,9 @@ pub struct Counters {
     pub blob_heads: u64,
     /// CDN GETs, including refused ones.
     pub cdn_gets: u64,
+    /// Body bytes the CDN handed to its connections (ranges and cut-off
+    /// bodies count what was sent, not what was announced).
+    pub cdn_bytes: u64,
     /// CDN requests (GET or HEAD) refused because they carried `Authorization`.
     pub cdn_refused_with_auth: u64,
     /// Requests to the realm's `/token`.
@@ -202,6 +205,9 @@ pub enum Fault {
     /// Headers with the full `Content-Length`, the first half of the body,
     /// a short pause, then the connection is dropped.
     ResetMidBody,
+    /// As `ResetMidBody`, but the connection drops after this percentage
+    /// of the body (of the range asked for, on a ranged GET).
+    ResetAtPercent(u8),
     /// A well-formed 200 whose body is the first half of the bytes, with
     /// `Content-Length` matching that shorter length; only a digest or
     /// expected-size check catches it.
@@ -223,7 +229,10 @@ impl Fault {
     pub fn is_body_fault(self) -> bool {
         matches!(
             self,
-            Fault::ResetMidBody | Fault::TruncatedBody | Fault::WrongBytes
+            Fault::ResetMidBody
+                | Fault::ResetAtPercent(_)
+                | Fault::TruncatedBody
+                | Fault::WrongBytes
         )
     }
 }
