@@ -7,9 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::client::Client;
+use support::disk::{Tmpfs, assert_objects_whole, files_under};
 use support::hubsim::{Fault, FaultTarget, HubSim, SimOptions};
 use support::proxy::{Proxy, config};
-use support::{random_bytes, sha256_digest};
+use support::random_bytes;
 
 const MIB: usize = 1024 * 1024;
 
@@ -262,45 +263,6 @@ async fn a_dead_upstream_costs_no_timeout_per_request() {
     );
 }
 
-/// A tmpfs of `size` mounted on `dir` for the test's life; `None` where
-/// mounting is not permitted.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, options: &str) -> Option<Tmpfs> {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| match e.path().is_dir() {
-            true => files_under(&e.path()),
-            false => vec![e.path()],
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_full_disk_streams_the_download_through_uncached() {
     let dir = tempfile::tempdir().unwrap();
@@ -343,12 +305,43 @@ async fn a_full_disk_streams_the_download_through_uncached() {
     let fits = client.blob("library/fat", &small_digest).await.unwrap();
     assert_eq!(fits.body_digest(), small_digest);
     support::wait_until(|| files_under(&cache.join("blobs")).len() == 1).await;
-    for file in files_under(&cache.join("blobs")) {
-        let bytes = std::fs::read(&file).unwrap();
-        assert_eq!(
-            sha256_digest(&bytes).strip_prefix("sha256:").unwrap(),
-            file.file_name().unwrap().to_str().unwrap(),
-            "every cached file holds its whole object"
+    assert_eq!(assert_objects_whole(&cache), 1);
+}
+
+#[tokio::test]
+async fn a_download_that_gets_no_temporary_file_streams_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(dir.path(), "size=64m,nr_inodes=64") else {
+        panic!(
+            "this test needs to mount a tmpfs (run as root, or in a container with CAP_SYS_ADMIN)"
         );
-    }
+    };
+    let sim = HubSim::start_with(SimOptions {
+        cdn_bytes_per_sec: Some(40 * MIB as u64),
+        ..SimOptions::default()
+    })
+    .await;
+    let blob = random_bytes(6 * MIB, 82);
+    let digest = sim.put_blob(blob);
+    let proxy = Proxy::start(config(&sim.registry_url, dir.path())).await;
+    let client = Client::new(&proxy.url);
+    // Spend every inode, so not even an empty file can be created.
+    let filler = dir.path().join("filler");
+    std::fs::create_dir(&filler).unwrap();
+    let made = (0..64)
+        .take_while(|n| std::fs::File::create(filler.join(n.to_string())).is_ok())
+        .count();
+    assert!(made < 64, "the inodes ran out");
+
+    let digests = concurrent_digests(&client, "library/lean", &digest, 3).await;
+    assert!(digests.iter().all(|d| *d == digest), "{digests:?}");
+    assert_eq!(sim.counters().cdn_gets, 1);
+    assert_eq!(
+        proxy.metric(
+            "pullthrough_cache_store_failures_total",
+            &[("tier", "disk"), ("reason", "no_space")]
+        ),
+        1.0
+    );
+    assert_eq!(assert_objects_whole(&dir.path().join("cache")), 0);
 }
