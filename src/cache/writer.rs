@@ -77,8 +77,12 @@ impl Writer {
         digest: &Digest,
         metrics: &Metrics,
     ) -> Self {
-        let mut writer = Writer {
-            sink: Sink::Memory(Tail::new(0)),
+        let (sink, failure) = match temp {
+            Ok(temp) => (Sink::File(temp), None),
+            Err(e) => (Sink::Memory(Tail::new(0)), Some(e)),
+        };
+        let writer = Writer {
+            sink,
             size,
             written: 0,
             queued: 0,
@@ -87,15 +91,12 @@ impl Writer {
             digest: digest.clone(),
             metrics: metrics.clone(),
         };
-        match temp {
-            Ok(temp) => writer.sink = Sink::File(temp),
-            Err(e) => {
-                let why = match &e {
-                    CacheError::Io { source, .. } => reason(source),
-                    CacheError::Other { .. } => "io",
-                };
-                writer.gave_up(why, &e);
-            }
+        if let Some(e) = failure {
+            let why = match &e {
+                CacheError::Io { source, .. } => reason(source),
+                CacheError::Other { .. } => "io",
+            };
+            writer.gave_up(why, &e);
         }
         writer
     }
@@ -171,9 +172,9 @@ impl Writer {
             .and_then(|job| job)
             .map_err(write_error)?;
         self.hasher = Some(hasher);
-        let spilled = match (written, &self.sink) {
-            (Ok(()), _) => None,
-            (Err(e), _) => {
+        let spilled = match written {
+            Ok(()) => None,
+            Err(e) => {
                 self.gave_up(reason(&e), &e);
                 let tail = Tail::new(self.written);
                 // The file goes (unlinked now; readers keep their map of
