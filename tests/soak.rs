@@ -140,7 +140,7 @@ async fn mixed_load_with_faults_keeps_cached_content_whole_and_memory_flat() {
                     &[random_bytes(32 * 1024, 1_000_000 + tick)],
                 );
                 newest.store(tick, Ordering::SeqCst);
-                if tick % 5 == 0 {
+                if tick.is_multiple_of(5) {
                     let (target, fault, times) = FAULTS[(tick / 5) as usize % FAULTS.len()];
                     sim.set_fault(target, fault, Some(times));
                 }

@@ -251,6 +251,7 @@ fn chunks(bytes: Bytes) -> impl Iterator<Item = Result<Bytes, std::io::Error>> +
 /// * `TruncatedBody`: a well-formed response carrying only the first half.
 /// * `WrongBytes`: full length with the middle byte inverted.
 /// * anything else (or `None`): the bytes as they are.
+///
 /// `on_sent` is told the length of every chunk handed to the connection.
 pub(super) fn body_with_fault(
     bytes: Bytes,
