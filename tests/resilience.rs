@@ -345,3 +345,43 @@ async fn a_download_that_gets_no_temporary_file_streams_from_memory() {
     );
     assert_eq!(assert_objects_whole(&dir.path().join("cache")), 0);
 }
+
+#[tokio::test]
+async fn fetches_beyond_the_limit_wait_their_turn() {
+    let sim = HubSim::start_with(SimOptions {
+        cdn_bytes_per_sec: Some(8 * MIB as u64),
+        ..SimOptions::default()
+    })
+    .await;
+    let (first, second) = (random_bytes(4 * MIB, 83), random_bytes(4 * MIB, 84));
+    let (first_digest, second_digest) = (sim.put_blob(first), sim.put_blob(second));
+    let (d1, d2) = (first_digest.clone(), second_digest.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sim.registry_url, dir.path());
+    cfg.resilience.max_concurrent_fetches = 1;
+    let proxy = Proxy::start(cfg).await;
+    let client = Client::new(&proxy.url);
+
+    let (one, two) = (client.clone(), client.clone());
+    let a = tokio::spawn(async move { one.blob("library/q", &d1).await.unwrap() });
+    support::wait_until(|| sim.counters().cdn_gets == 1).await;
+    let b = tokio::spawn(async move { two.blob("library/q", &d2).await.unwrap() });
+    let waiting = || {
+        proxy.metric(
+            "pullthrough_upstream_fetches_waiting",
+            &[("upstream", "docker.io")],
+        )
+    };
+    support::wait_until(|| waiting() == 1.0).await;
+    assert_eq!(
+        sim.counters().blob_gets,
+        2,
+        "the second is not asked while the first runs"
+    );
+    for (answer, digest) in [(a, &first_digest), (b, &second_digest)] {
+        let answer = answer.await.unwrap();
+        assert_eq!((answer.status, answer.body_digest()), (200, digest.clone()));
+    }
+    assert_eq!(sim.counters().cdn_gets, 2);
+    assert_eq!(waiting(), 0.0);
+}
