@@ -352,17 +352,18 @@ where
         writer.settle(progress).await?;
     }
     let (hashed, size, temp) = writer.finish();
-    if hashed != key.digest {
-        return Err(FlightError::Mismatch(DigestMismatch {
-            expected: key.digest.clone(),
-            actual: hashed,
-        }));
-    }
     let object = match temp {
         Some(temp) => {
             Some(Verified::file(key.clone(), hashed, size, temp).map_err(FlightError::Mismatch)?)
         }
-        None => None,
+        // Held in memory: verified all the same, and kept nowhere.
+        None if hashed == key.digest => None,
+        None => {
+            return Err(FlightError::Mismatch(DigestMismatch {
+                expected: key.digest.clone(),
+                actual: hashed,
+            }));
+        }
     };
     Ok((Transferred { size, object }, origin))
 }

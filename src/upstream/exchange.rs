@@ -9,6 +9,8 @@
 //! up to [`MAX_REDIRECTS`] hops, authenticates at each origin with what that
 //! origin's challenge asked for, and never carries one origin's credentials
 //! to another. A 3xx it does not follow is an error, never a success.
+//! Callers reach it through `retry`, which adds fetch slots, retries and
+//! the circuit breaker around each exchange.
 
 use http::{HeaderValue, Method, StatusCode, header};
 use reqwest::{Response, Url};

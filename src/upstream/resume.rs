@@ -146,7 +146,7 @@ impl Resuming {
             range_from: Some(offset),
         };
         let deadline = tokio::time::Instant::now() + upstream.request_timeout;
-        let response = upstream.exchange(&ask, deadline).await.map_err(|e| {
+        let response = upstream.send_retrying(&ask, deadline).await.map_err(|e| {
             upstream.error(
                 e.kind,
                 format!("{error}; resuming at byte {offset} failed: {}", e.detail),

@@ -92,14 +92,14 @@ fn backoff(retry: u32, base: Duration, cap: Duration) -> Duration {
 
 impl Upstream {
     /// Takes one of the upstream's fetch slots (in turn), then sends `ask`
-    /// through [`Self::exchange`]. Keep the slot until the answer is read.
+    /// through [`Self::send_retrying`]. Keep the slot until the answer is read.
     pub(super) async fn fetch(&self, ask: Ask<'_>) -> Result<(Response, Slot), UpstreamError> {
         let started = Instant::now();
         let deadline = started + self.request_timeout;
         // An open circuit fails at once, without queueing behind others.
         self.resilience.circuit.check()?;
         let slot = self.slot(ask.bounded.then_some(deadline)).await?;
-        let response = self.exchange(&ask, deadline).await?;
+        let response = self.send_retrying(&ask, deadline).await?;
         Ok((response, slot))
     }
 
@@ -130,7 +130,7 @@ impl Upstream {
     /// failures with backoff until `deadline`. Requests bounded by the
     /// request timeout (all but blob GETs) give up at `deadline` even
     /// mid-try.
-    pub(super) async fn exchange(
+    pub(super) async fn send_retrying(
         &self,
         ask: &Ask<'_>,
         deadline: Instant,
