@@ -181,8 +181,8 @@ pub enum FaultTarget {
     /// faults (they have no body).
     Manifests,
     /// Blobs: status faults and `Slow` hit the registry blob endpoint (the
-    /// 307); body faults (`ResetMidBody`, `TruncatedBody`, `WrongBytes`) hit
-    /// the CDN's GET response body.
+    /// 307); body faults (`ResetMidBody`, `ResetAtPercent`, `TruncatedBody`,
+    /// `WrongBytes`) hit the CDN's GET response body.
     Blobs,
     /// Both of the above.
     All,
