@@ -53,6 +53,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub memory: MemoryConfig,
     pub timeouts: TimeoutConfig,
+    /// Retries, resumes, circuit breakers and fetch limits per upstream.
+    pub resilience: ResilienceConfig,
     /// The shared S3 tier; off unless a bucket is named.
     pub s3: S3Config,
     /// Upstream registries by name, merged over the built-in ones.
@@ -139,6 +141,46 @@ pub struct TimeoutConfig {
     pub request: Duration,
 }
 
+/// How each upstream's failures are absorbed: transient failures are
+/// retried, interrupted blob bodies resumed, a dead upstream is cut off by
+/// its circuit breaker, and distinct fetches are bounded per upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// Tries per idempotent upstream request, the first included; 1 turns
+    /// retries off.
+    pub attempts: u32,
+    /// The first retry waits up to this long (full jitter), doubling after.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// No retry waits longer than this.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Resumes with `Range` allowed per interrupted blob download.
+    pub max_resumes: u32,
+    /// Consecutive failures (connect, timeout, 5xx) that open an upstream's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit fails requests at once before one probe.
+    #[serde(with = "humantime_serde")]
+    pub circuit_cooldown: Duration,
+    /// Distinct upstream fetches at once per upstream; more wait in order.
+    pub max_concurrent_fetches: usize,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            attempts: 3,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(2),
+            max_resumes: 3,
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(30),
+            max_concurrent_fetches: 64,
+        }
+    }
+}
+
 /// One upstream registry, configured as a value.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +246,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             memory: MemoryConfig::default(),
             timeouts: TimeoutConfig::default(),
+            resilience: ResilienceConfig::default(),
             s3: S3Config::default(),
             upstreams,
             budget: BudgetConfig::default(),
@@ -409,6 +452,7 @@ impl Config {
                 return Err(invalid(field, "must be greater than zero"));
             }
         }
+        self.resilience.validate()?;
         if self.s3.enabled() {
             if !(3..=63).contains(&self.s3.bucket.len()) {
                 return Err(invalid("s3.bucket", "must be 3 to 63 characters"));
@@ -460,6 +504,39 @@ impl Config {
             .get(name)
             .and_then(|u| u.tag_ttl)
             .unwrap_or(self.tag_ttl)
+    }
+}
+
+impl ResilienceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("resilience.attempts", self.attempts as usize),
+            (
+                "resilience.circuit_failures",
+                self.circuit_failures as usize,
+            ),
+            (
+                "resilience.max_concurrent_fetches",
+                self.max_concurrent_fetches,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if self.backoff_base > self.backoff_cap {
+            return Err(invalid(
+                "resilience.backoff_base",
+                "must not exceed resilience.backoff_cap",
+            ));
+        }
+        if self.circuit_cooldown.is_zero() {
+            return Err(invalid(
+                "resilience.circuit_cooldown",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -623,6 +700,27 @@ mod tests {
             ("read_concurrency = 65", "s3.read_concurrency"),
         ] {
             let c = Config::from_toml(&format!("[s3]\nbucket = \"cache\"\n{toml}")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(field), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn resilience_settings_default_and_validate() {
+        let c = Config::from_toml("[resilience]\ncircuit_cooldown = \"2s\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.resilience.circuit_cooldown, Duration::from_secs(2));
+        assert_eq!(c.resilience.attempts, 3, "defaults for what is left out");
+        for (toml, field) in [
+            ("attempts = 0", "resilience.attempts"),
+            (
+                "max_concurrent_fetches = 0",
+                "resilience.max_concurrent_fetches",
+            ),
+            ("backoff_base = \"5s\"", "resilience.backoff_base"),
+            ("circuit_cooldown = \"0s\"", "resilience.circuit_cooldown"),
+        ] {
+            let c = Config::from_toml(&format!("[resilience]\n{toml}")).unwrap();
             let err = c.validate().unwrap_err().to_string();
             assert!(err.starts_with(field), "{toml}: {err}");
         }

@@ -43,6 +43,16 @@ pub struct Collectors {
     pub s3_degraded: prometheus::IntGauge,
     /// Parts of S3 objects read with ranged GETs, each answered with its range.
     pub s3_part_reads: prometheus::IntCounter,
+    /// Upstream requests tried again after a transient failure.
+    pub upstream_retries: IntCounterVec,
+    /// Interrupted blob downloads continued with `Range`.
+    pub upstream_resumes: IntCounterVec,
+    /// Each upstream's circuit: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// Upstream fetches waiting for one of the upstream's fetch slots.
+    pub upstream_waiting: IntGaugeVec,
+    /// Objects a cache tier could not take, by tier and reason.
+    pub cache_store_failures: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -162,6 +172,36 @@ impl Metrics {
         registry
             .register(Box::new(s3_part_reads.clone()))
             .expect("metric registered once");
+        let upstream_retries = counter(
+            &registry,
+            "pullthrough_upstream_retries_total",
+            "Upstream requests retried after a transient failure, by request kind.",
+            &["upstream", "kind"],
+        );
+        let upstream_resumes = counter(
+            &registry,
+            "pullthrough_upstream_resumes_total",
+            "Interrupted blob downloads resumed with a Range request.",
+            &["upstream"],
+        );
+        let circuit_state = gauge(
+            &registry,
+            "pullthrough_upstream_circuit_state",
+            "Each upstream's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            &["upstream"],
+        );
+        let upstream_waiting = gauge(
+            &registry,
+            "pullthrough_upstream_fetches_waiting",
+            "Upstream fetches queued for one of the upstream's concurrent fetch slots.",
+            &["upstream"],
+        );
+        let cache_store_failures = counter(
+            &registry,
+            "pullthrough_cache_store_failures_total",
+            "Downloads a cache tier could not hold (streamed through uncached), by tier and reason.",
+            &["tier", "reason"],
+        );
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -177,6 +217,11 @@ impl Metrics {
             fair_share_refusals,
             s3_degraded,
             s3_part_reads,
+            upstream_retries,
+            upstream_resumes,
+            circuit_state,
+            upstream_waiting,
+            cache_store_failures,
         }))
     }
 

@@ -92,7 +92,9 @@ impl From<RegistryError> for ApiError {
                 ErrorKind::Denied => (StatusCode::FORBIDDEN, "DENIED"),
                 ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
                 ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
-                ErrorKind::Status(503) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+                ErrorKind::Status(503) | ErrorKind::CircuitOpen => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+                }
                 ErrorKind::Status(_)
                 | ErrorKind::Connect
                 | ErrorKind::Transport

@@ -15,6 +15,8 @@
 //! - Writing and hashing run on the bounded file pool, one batch at a time
 //!   while the next batch arrives, so the download never holds a thread
 //!   either, and a burst of downloads cannot starve lookups.
+//! - When the disk tier cannot take a download (full, failing), it goes on
+//!   in memory, streamed to every client and cached nowhere (see `writer`).
 //! - Clients never receive the last byte before the digest is verified: on
 //!   a mismatch or a broken download their bodies end in an error, which
 //!   aborts the client's connection instead of completing a bad 200.
@@ -22,20 +24,19 @@
 //!   serves a hit from there, so a client that missed the cache just before
 //!   another download stored the blob never causes a second fetch.
 
-use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::read::{ByteStream, follow, map_file};
-use super::{CacheError, Content, ObjectKey, TieredCache, Verified, blocking};
-use crate::digest::{DigestMismatch, Hasher};
+use super::view::View;
+use super::writer::{Writer, reason};
+use super::{CacheError, Content, ObjectKey, TieredCache, Verified};
+use crate::digest::DigestMismatch;
 use crate::metrics::Metrics;
 use crate::singleflight::SingleFlight;
 
@@ -84,16 +85,16 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 pub(super) enum Progress {
     Connecting,
-    /// `view` maps the file up to at least `written` bytes (the whole size
-    /// when it is known).
+    /// `view` holds at least `written` bytes (a map of the whole file
+    /// when the size is known).
     Streaming {
-        view: Bytes,
+        view: View,
         size: Option<u64>,
         written: u64,
         origin: Origin,
     },
     Done {
-        view: Bytes,
+        view: View,
         size: u64,
         origin: Origin,
     },
@@ -121,8 +122,8 @@ impl Progress {
         }
     }
 
-    /// The mapped bytes, once there are any.
-    pub(super) fn view(&self) -> Option<&Bytes> {
+    /// The bytes, once there are any.
+    pub(super) fn view(&self) -> Option<&View> {
         match self {
             Progress::Streaming { view, .. } | Progress::Done { view, .. } => Some(view),
             Progress::Connecting | Progress::Failed(_) => None,
@@ -215,22 +216,32 @@ async fn download<S>(
         progress.send_replace(done);
         return;
     }
-    match transfer(&key, &cache, source, &progress).await {
+    match transfer(&key, &cache, source, &progress, &metrics).await {
         Ok((verified, origin)) => {
             progress.send_modify(|state| {
                 if let Progress::Streaming { view, origin, .. } = state {
                     *state = Progress::Done {
                         view: view.clone(),
-                        size: verified.meta().size,
+                        size: verified.size,
                         origin: *origin,
                     };
                 }
             });
+            let Some(verified) = verified.object else {
+                tracing::warn!(digest = %key.digest, "download verified and served; not cached (the disk tier could not hold it)");
+                return;
+            };
             let stored = match origin {
                 Origin::Shared => cache.store_local(&verified).await,
                 _ => cache.store(&verified).await,
             };
             if let Err(e) = stored {
+                if let CacheError::Io { tier, source, .. } = &e {
+                    metrics
+                        .cache_store_failures
+                        .with_label_values(&[tier, reason(source)])
+                        .inc();
+                }
                 tracing::error!(digest = %key.digest, error = %e, "could not cache a verified download");
             }
         }
@@ -249,10 +260,10 @@ async fn download<S>(
 async fn recheck(key: &ObjectKey, cache: &TieredCache) -> Option<Progress> {
     let (object, tier) = cache.lookup(key).await.ok()??;
     let size = object.meta.size;
-    let view = match object.content {
+    let view = View::Mapped(match object.content {
         Content::Memory(bytes) => bytes,
         Content::File(file) => map_file(&file, size).ok()?,
-    };
+    });
     Some(Progress::Done {
         view,
         size,
@@ -274,14 +285,22 @@ fn write_error(context: &str) -> impl FnOnce(io::Error) -> FlightError + '_ {
     }
 }
 
-/// Copies the source into a temporary file, hashing as it goes, and
-/// returns the verified object.
+/// A verified download, and the object to cache unless the disk tier
+/// could not hold it.
+struct Transferred {
+    size: u64,
+    object: Option<Verified>,
+}
+
+/// Copies the source into a temporary file (or memory, see `writer`),
+/// hashing as it goes, and returns the verified object.
 async fn transfer<S>(
     key: &ObjectKey,
     cache: &TieredCache,
     source: S,
     progress: &watch::Sender<Progress>,
-) -> Result<(Verified, Origin), FlightError>
+    metrics: &Metrics,
+) -> Result<(Transferred, Origin), FlightError>
 where
     S: Future<Output = Result<Source, SourceError>>,
 {
@@ -290,14 +309,14 @@ where
         true => Origin::Shared,
         false => Origin::Upstream,
     };
-    let temp = cache
-        .disk()
-        .create_temp(source.size)
-        .await
-        .map_err(cache_error)?;
-    let view = match source.size {
-        Some(size) => map_file(temp.file(), size).map_err(write_error("mapping a download"))?,
-        None => Bytes::new(),
+    let temp = cache.disk().create_temp(source.size).await;
+    let mut writer = Writer::new(temp, source.size, &key.digest, metrics);
+    let view = match (writer.file(), writer.tail(), source.size) {
+        (Some(file), _, Some(size)) => {
+            View::Mapped(map_file(file, size).map_err(write_error("mapping a download"))?)
+        }
+        (_, Some(tail), _) => View::Mapped(Bytes::new()).spill(0, tail.clone()),
+        _ => View::Mapped(Bytes::new()),
     };
     progress.send_replace(Progress::Streaming {
         view,
@@ -306,11 +325,6 @@ where
         origin,
     });
 
-    let mut writer = Writer::new(
-        temp.file().clone(),
-        source.size,
-        Hasher::new(key.digest.algorithm()),
-    );
     let mut body = source.body;
     let mut batch = Vec::new();
     let mut batch_len = 0;
@@ -337,97 +351,19 @@ where
         writer.start(batch);
         writer.settle(progress).await?;
     }
-    let (hashed, written) = writer.finish();
-    let verified =
-        Verified::file(key.clone(), hashed, written, temp).map_err(FlightError::Mismatch)?;
-    Ok((verified, origin))
-}
-
-/// Writes and hashes a download on the file pool, one batch at a time.
-struct Writer {
-    file: Arc<File>,
-    size: Option<u64>,
-    /// Bytes written and hashed, and so readable.
-    written: u64,
-    /// Bytes handed to the pool, written or not.
-    queued: u64,
-    hasher: Option<Hasher>,
-    job: Option<JoinHandle<io::Result<Hasher>>>,
-}
-
-impl Writer {
-    fn new(file: Arc<File>, size: Option<u64>, hasher: Hasher) -> Self {
-        Writer {
-            file,
-            size,
-            written: 0,
-            queued: 0,
-            hasher: Some(hasher),
-            job: None,
+    let (hashed, size, temp) = writer.finish();
+    let object = match temp {
+        Some(temp) => {
+            Some(Verified::file(key.clone(), hashed, size, temp).map_err(FlightError::Mismatch)?)
         }
-    }
-
-    /// Whether a batch is still being written.
-    fn busy(&self) -> bool {
-        self.job.as_ref().is_some_and(|job| !job.is_finished())
-    }
-
-    /// Starts writing `batch` after what was queued before. Call `settle`
-    /// first: batches are written one at a time, in order.
-    fn start(&mut self, batch: Vec<Bytes>) {
-        let mut hasher = self.hasher.take().expect("settled before the next batch");
-        let (file, mut offset) = (self.file.clone(), self.queued);
-        self.queued += batch.iter().map(|b| b.len() as u64).sum::<u64>();
-        self.job = Some(tokio::spawn(async move {
-            blocking::run(move || {
-                for piece in &batch {
-                    file.write_all_at(piece, offset)?;
-                    hasher.update(piece);
-                    offset += piece.len() as u64;
-                }
-                Ok(hasher)
-            })
-            .await?
-        }));
-    }
-
-    /// Waits for the batch being written, then lets readers see it.
-    async fn settle(&mut self, progress: &watch::Sender<Progress>) -> Result<(), FlightError> {
-        let Some(job) = self.job.take() else {
-            return Ok(());
-        };
-        let hasher = job
-            .await
-            .map_err(io::Error::other)
-            .and_then(|written| written)
-            .map_err(write_error("writing a download"))?;
-        self.hasher = Some(hasher);
-        self.written = self.queued;
-        // Without a known size the file grows: map what is written so far.
-        let grown = match self.size {
-            None => Some(
-                map_file(&self.file, self.written).map_err(write_error("mapping a download"))?,
-            ),
-            Some(_) => None,
-        };
-        let written = self.written;
-        progress.send_modify(|state| {
-            if let Progress::Streaming {
-                view, written: w, ..
-            } = state
-            {
-                *w = written;
-                if let Some(grown) = grown {
-                    *view = grown;
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// The digest of everything written, and its length.
-    fn finish(mut self) -> (crate::digest::Digest, u64) {
-        let hasher = self.hasher.take().expect("settled before finishing");
-        (hasher.finish(), self.written)
-    }
+        // Held in memory: verified all the same, and kept nowhere.
+        None if hashed == key.digest => None,
+        None => {
+            return Err(FlightError::Mismatch(DigestMismatch {
+                expected: key.digest.clone(),
+                actual: hashed,
+            }));
+        }
+    };
+    Ok((Transferred { size, object }, origin))
 }

@@ -14,6 +14,8 @@ mod memory;
 mod read;
 mod s3;
 mod tiered;
+mod view;
+mod writer;
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -6,7 +6,8 @@
 //! it is a small async state machine that slices that one shared map as
 //! far as the download allows: no thread, no buffer and no system call per
 //! client, so a thousand clients waiting on one download cost about what
-//! their connections cost.
+//! their connections cost. (A download the disk could not hold is sliced
+//! from memory the same way, see `view.rs`.)
 
 use std::fs::File;
 use std::io;
@@ -115,9 +116,11 @@ impl Follower {
             }
             if let Some(view) = view.filter(|_| self.pos < readable) {
                 let stop = readable.min(self.end).min(self.pos + CHUNK);
-                let piece = view.slice(self.pos as usize..stop as usize);
-                self.pos = stop;
-                return Ok(Some(piece));
+                let piece = view.piece(self.pos, stop);
+                if !piece.is_empty() {
+                    self.pos += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
             }
             // A closed channel is the run's end: only a finished download
             // may still be read from; anything else was abandoned.

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     Invalid,
     /// The answer is larger than pullthrough accepts for its kind.
     TooLarge,
+    /// Not asked: the upstream's circuit is open after repeated failures
+    /// (see `circuit`), so the request failed at once.
+    CircuitOpen,
 }
 
 impl UpstreamError {
@@ -66,11 +69,35 @@ impl UpstreamError {
             ErrorKind::RateLimited
             | ErrorKind::Connect
             | ErrorKind::Timeout
-            | ErrorKind::Transport => true,
+            | ErrorKind::Transport
+            | ErrorKind::CircuitOpen => true,
             ErrorKind::Status(code) => code >= 500,
             ErrorKind::NotFound | ErrorKind::Denied | ErrorKind::Invalid | ErrorKind::TooLarge => {
                 false
             }
+        }
+    }
+
+    /// Failures worth trying again at once: the upstream may answer the
+    /// next attempt (connect errors, timeouts, a reset before the answer,
+    /// 502, 503, 504). Never a 429 (the budget decides when to ask again),
+    /// another 4xx, or an answer that broke the protocol.
+    pub fn is_retryable(&self) -> bool {
+        match self.kind {
+            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Transport => true,
+            ErrorKind::Status(code) => matches!(code, 502..=504),
+            _ => false,
+        }
+    }
+
+    /// Failures that say the upstream itself is down, which its circuit
+    /// breaker counts: connect errors, timeouts, resets and 5xx; not an
+    /// answer about the content (404, 401, 429).
+    pub fn is_outage(&self) -> bool {
+        match self.kind {
+            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Transport => true,
+            ErrorKind::Status(code) => code >= 500,
+            _ => false,
         }
     }
 

@@ -9,6 +9,8 @@
 //! up to [`MAX_REDIRECTS`] hops, authenticates at each origin with what that
 //! origin's challenge asked for, and never carries one origin's credentials
 //! to another. A 3xx it does not follow is an error, never a success.
+//! Callers reach it through `retry`, which adds fetch slots, retries and
+//! the circuit breaker around each exchange.
 
 use http::{HeaderValue, Method, StatusCode, header};
 use reqwest::{Response, Url};
@@ -22,6 +24,7 @@ use crate::reference::RepoName;
 pub(super) const MAX_REDIRECTS: usize = 5;
 
 /// What one request is and how long it may take.
+#[derive(Clone)]
 pub(super) struct Ask<'a> {
     pub method: Method,
     /// Below the upstream's base URL, such as `/v2/library/alpine/manifests/3`.
@@ -33,6 +36,8 @@ pub(super) struct Ask<'a> {
     pub kind: &'static str,
     /// Bounded by the request timeout (everything but blob bodies).
     pub bounded: bool,
+    /// `Range: bytes=<n>-`, sent to every hop, to resume a blob body.
+    pub range_from: Option<u64>,
 }
 
 impl Upstream {
@@ -110,6 +115,9 @@ impl Upstream {
             && let Ok(v) = HeaderValue::from_str(ask.accept)
         {
             request = request.header(header::ACCEPT, v);
+        }
+        if let Some(offset) = ask.range_from {
+            request = request.header(header::RANGE, format!("bytes={offset}-"));
         }
         if let Some(auth) = self
             .auth

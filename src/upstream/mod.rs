@@ -9,14 +9,20 @@
 //! Every request goes through one exchange (`exchange`) that follows
 //! redirects and runs the token flow at whichever host challenges; every
 //! manifest is checked to be one (`manifest`) before a caller can cache it.
+//! Around that exchange sit the defences against a failing upstream
+//! (`retry`: fetch slots, retries and the `circuit` breaker; `resume`:
+//! interrupted blob bodies continued with `Range`).
 
 mod auth;
 mod budget;
+mod circuit;
 mod error;
 mod exchange;
 mod manifest;
 mod probe;
 mod referrers;
+mod resume;
+mod retry;
 mod route;
 
 use std::collections::BTreeMap;
@@ -24,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Method, StatusCode, header};
 use reqwest::{Response, Url};
 
@@ -101,6 +107,7 @@ impl Upstreams {
                 request_timeout: config.timeouts.request,
                 library_namespace: name == crate::config::DOCKER_HUB,
                 budget: Budget::new(name, config.budget.clone(), metrics.clone()),
+                resilience: retry::Resilience::new(name, &config.resilience, metrics),
                 metrics: metrics.clone(),
             };
             by_name.insert(name.clone(), Arc::new(upstream));
@@ -168,6 +175,7 @@ pub struct Upstream {
     request_timeout: Duration,
     library_namespace: bool,
     budget: Budget,
+    resilience: retry::Resilience,
     metrics: Metrics,
 }
 
@@ -208,14 +216,15 @@ impl Upstream {
         accept: &str,
     ) -> Result<ManifestHead, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let response = self
-            .send(Ask {
+        let (response, _slot) = self
+            .fetch(Ask {
                 method: Method::HEAD,
                 path: &path,
                 repo,
                 accept,
                 kind: "manifest_head",
                 bounded: true,
+                range_from: None,
             })
             .await?;
         let head = self.manifest_head(&response)?;
@@ -234,14 +243,15 @@ impl Upstream {
     ) -> Result<Manifest, UpstreamError> {
         self.budget.admit()?;
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let response = self
-            .send(Ask {
+        let (response, _slot) = self
+            .fetch(Ask {
                 method: Method::GET,
                 path: &path,
                 repo,
                 accept,
                 kind: "manifest_get",
                 bounded: true,
+                range_from: None,
             })
             .await?;
         self.metrics
@@ -276,34 +286,26 @@ impl Upstream {
     }
 
     /// Starts a blob download, following redirects to signed storage (which
-    /// gets no `Authorization` header of ours).
+    /// gets no `Authorization` header of ours); an interrupted body resumes
+    /// (see `resume`).
     pub async fn get_blob(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobDownload, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let response = self
-            .send(Ask {
+        let (response, slot) = self
+            .fetch(Ask {
                 method: Method::GET,
                 path: &path,
                 repo,
                 accept: "",
                 kind: "blob_get",
                 bounded: false,
+                range_from: None,
             })
             .await?;
-        let size = response.content_length();
-        let name = self.name.clone();
-        let bytes = self.metrics.upstream_bytes.with_label_values(&[&self.name]);
-        let body = response
-            .bytes_stream()
-            .inspect_ok(move |chunk| bytes.inc_by(chunk.len() as u64))
-            .map_err(move |e| UpstreamError::from_reqwest(&name, &e));
-        Ok(BlobDownload {
-            size,
-            body: Box::new(body),
-        })
+        Ok(self.resumable_body(repo, path, response, slot))
     }
 
     /// HEADs a blob for its size, following redirects like [`Self::get_blob`].
@@ -313,14 +315,15 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let response = self
-            .send(Ask {
+        let (response, _slot) = self
+            .fetch(Ask {
                 method: Method::HEAD,
                 path: &path,
                 repo,
                 accept: "",
                 kind: "blob_head",
                 bounded: false,
+                range_from: None,
             })
             .await?;
         Ok(content_length(response.headers()))
@@ -337,14 +340,15 @@ impl Upstream {
             path.push('?');
             path.push_str(q);
         }
-        let response = self
-            .send(Ask {
+        let (response, _slot) = self
+            .fetch(Ask {
                 method: Method::GET,
                 path: &path,
                 repo,
                 accept: "",
                 kind: "tags_list",
                 bounded: true,
+                range_from: None,
             })
             .await?;
         let status = response.status();

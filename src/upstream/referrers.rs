@@ -32,14 +32,15 @@ impl Upstream {
             path.push_str("?artifactType=");
             path.push_str(t);
         }
-        let response = self
-            .send(Ask {
+        let (response, _slot) = self
+            .fetch(Ask {
                 method: Method::GET,
                 path: &path,
                 repo,
                 accept: OCI_INDEX,
                 kind: "referrers",
                 bounded: true,
+                range_from: None,
             })
             .await?;
         let status = response.status();

@@ -86,6 +86,20 @@ impl Client {
         }
     }
 
+    /// A client that keeps its connections alive, as a node's daemon does:
+    /// for load that would otherwise run out of ephemeral ports.
+    pub fn pooled(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
     fn dockerd_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();
         for value in DOCKERD_ACCEPT {

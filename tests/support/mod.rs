@@ -8,6 +8,7 @@
 pub mod artifact;
 pub mod client;
 pub mod daemons;
+pub mod disk;
 pub mod docs;
 pub mod hubsim;
 pub mod image;

@@ -96,7 +96,13 @@ pub(super) async fn handle(State(sim): State<Arc<Shared>>, req: Request) -> Resp
     let slice_len = slice.len() as u64;
     let (body, len) = if get {
         let fault = sim.take_fault(FaultTarget::Blobs, Fault::is_body_fault);
-        body_with_fault(slice, fault, sim.cdn_bytes_per_sec)
+        let counter = sim.clone();
+        body_with_fault(slice, fault, sim.cdn_bytes_per_sec, move |n| {
+            counter
+                .counters
+                .cdn_bytes
+                .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        })
     } else {
         (Body::empty(), slice_len)
     };

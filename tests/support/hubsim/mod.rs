@@ -162,6 +162,9 @@ pub struct Counters {
     pub blob_heads: u64,
     /// CDN GETs, including refused ones.
     pub cdn_gets: u64,
+    /// Body bytes the CDN handed to its connections (ranges and cut-off
+    /// bodies count what was sent, not what was announced).
+    pub cdn_bytes: u64,
     /// CDN requests (GET or HEAD) refused because they carried `Authorization`.
     pub cdn_refused_with_auth: u64,
     /// Requests to the realm's `/token`.
@@ -181,8 +184,8 @@ pub enum FaultTarget {
     /// faults (they have no body).
     Manifests,
     /// Blobs: status faults and `Slow` hit the registry blob endpoint (the
-    /// 307); body faults (`ResetMidBody`, `TruncatedBody`, `WrongBytes`) hit
-    /// the CDN's GET response body.
+    /// 307); body faults (`ResetMidBody`, `ResetAtPercent`, `TruncatedBody`,
+    /// `WrongBytes`) hit the CDN's GET response body.
     Blobs,
     /// Both of the above.
     All,
@@ -205,6 +208,9 @@ pub enum Fault {
     /// Headers with the full `Content-Length`, the first half of the body,
     /// a short pause, then the connection is dropped.
     ResetMidBody,
+    /// As `ResetMidBody`, but the connection drops after this percentage
+    /// of the body (of the range asked for, on a ranged GET).
+    ResetAtPercent(u8),
     /// A well-formed 200 whose body is the first half of the bytes, with
     /// `Content-Length` matching that shorter length; only a digest or
     /// expected-size check catches it.
@@ -226,7 +232,10 @@ impl Fault {
     pub fn is_body_fault(self) -> bool {
         matches!(
             self,
-            Fault::ResetMidBody | Fault::TruncatedBody | Fault::WrongBytes
+            Fault::ResetMidBody
+                | Fault::ResetAtPercent(_)
+                | Fault::TruncatedBody
+                | Fault::WrongBytes
         )
     }
 }

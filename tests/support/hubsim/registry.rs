@@ -315,7 +315,7 @@ async fn manifest(
     }
     let (body, len) = if get {
         let fault = sim.take_fault(FaultTarget::Manifests, Fault::is_body_fault);
-        body_with_fault(m.bytes, fault, None)
+        body_with_fault(m.bytes, fault, None, |_| {})
     } else {
         (Body::empty(), m.bytes.len() as u64)
     };

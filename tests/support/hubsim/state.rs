@@ -66,6 +66,7 @@ pub(super) struct AtomicCounters {
     pub blob_gets: AtomicU64,
     pub blob_heads: AtomicU64,
     pub cdn_gets: AtomicU64,
+    pub cdn_bytes: AtomicU64,
     pub cdn_refused_with_auth: AtomicU64,
     pub tokens: AtomicU64,
     pub tags_lists: AtomicU64,
@@ -74,13 +75,14 @@ pub(super) struct AtomicCounters {
 }
 
 impl AtomicCounters {
-    fn all(&self) -> [&AtomicU64; 10] {
+    fn all(&self) -> [&AtomicU64; 11] {
         [
             &self.manifest_gets,
             &self.manifest_heads,
             &self.blob_gets,
             &self.blob_heads,
             &self.cdn_gets,
+            &self.cdn_bytes,
             &self.cdn_refused_with_auth,
             &self.tokens,
             &self.tags_lists,
@@ -96,6 +98,7 @@ impl AtomicCounters {
             blob_gets,
             blob_heads,
             cdn_gets,
+            cdn_bytes,
             cdn_refused_with_auth,
             tokens,
             tags_lists,
@@ -108,6 +111,7 @@ impl AtomicCounters {
             blob_gets,
             blob_heads,
             cdn_gets,
+            cdn_bytes,
             cdn_refused_with_auth,
             tokens,
             tags_lists,

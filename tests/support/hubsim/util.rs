@@ -247,19 +247,30 @@ fn chunks(bytes: Bytes) -> impl Iterator<Item = Result<Bytes, std::io::Error>> +
 ///
 /// * `ResetMidBody`: announces the full length, sends the first half, pauses
 ///   briefly, then fails the stream so hyper drops the connection.
+/// * `ResetAtPercent(p)`: the same after the first `p`% of the bytes.
 /// * `TruncatedBody`: a well-formed response carrying only the first half.
 /// * `WrongBytes`: full length with the middle byte inverted.
 /// * anything else (or `None`): the bytes as they are.
+///
+/// `on_sent` is told the length of every chunk handed to the connection.
 pub(super) fn body_with_fault(
     bytes: Bytes,
     fault: Option<Fault>,
     bytes_per_sec: Option<u64>,
+    on_sent: impl Fn(usize) + Send + 'static,
 ) -> (Body, u64) {
+    use futures_util::stream::StreamExt;
     let (s, len) = stream_with_fault(bytes, fault);
-    match bytes_per_sec.filter(|&rate| rate > 0) {
-        Some(rate) => (Body::from_stream(throttle(s, rate)), len),
-        None => (Body::from_stream(s), len),
-    }
+    let s = match bytes_per_sec.filter(|&rate| rate > 0) {
+        Some(rate) => throttle(s, rate),
+        None => s,
+    };
+    let counted = s.inspect(move |item| {
+        if let Ok(chunk) = item {
+            on_sent(chunk.len());
+        }
+    });
+    (Body::from_stream(counted), len)
 }
 
 /// A body's chunks, as [`body_with_fault`] describes them.
@@ -269,8 +280,13 @@ fn stream_with_fault(bytes: Bytes, fault: Option<Fault>) -> (ChunkStream, u64) {
     use futures_util::stream::{self, StreamExt};
     let full = bytes.len() as u64;
     let half = bytes.len() / 2;
+    let reset_at = match fault {
+        Some(Fault::ResetMidBody) => Some(half),
+        Some(Fault::ResetAtPercent(p)) => Some(bytes.len() * usize::from(p.min(100)) / 100),
+        _ => None,
+    };
     match fault {
-        Some(Fault::ResetMidBody) => {
+        Some(Fault::ResetMidBody | Fault::ResetAtPercent(_)) => {
             let tail = stream::once(async {
                 tokio::time::sleep(RESET_PAUSE).await;
                 Err(std::io::Error::new(
@@ -278,7 +294,8 @@ fn stream_with_fault(bytes: Bytes, fault: Option<Fault>) -> (ChunkStream, u64) {
                     "simulated reset mid-body",
                 ))
             });
-            let s = stream::iter(chunks(bytes.slice(..half))).chain(tail);
+            let sent = reset_at.unwrap_or(half);
+            let s = stream::iter(chunks(bytes.slice(..sent))).chain(tail);
             (s.boxed(), full)
         }
         Some(Fault::TruncatedBody) => {
