@@ -10,16 +10,21 @@ use sha2::{Digest, Sha256};
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// Mounts a tmpfs with `options` (such as `size=8m`) on `dir`; `None`
-    /// where mounting is not permitted (not root, no `CAP_SYS_ADMIN`).
-    pub fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
-        let status = Command::new("mount")
+    /// Mounts a tmpfs with `options` (such as `size=8m`) on `dir`; panics
+    /// where mounting is not permitted (not root, no `CAP_SYS_ADMIN`), as
+    /// the test suite runs as root.
+    pub fn mount(dir: &Path, options: &str) -> Tmpfs {
+        let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .stderr(Stdio::null())
             .status()
-            .ok()?;
-        status.success().then(|| Tmpfs(dir.to_owned()))
+            .is_ok_and(|s| s.success());
+        assert!(
+            mounted,
+            "this test needs to mount a tmpfs (run as root, or in a container with CAP_SYS_ADMIN)"
+        );
+        Tmpfs(dir.to_owned())
     }
 }
 
