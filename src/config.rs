@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+
+mod disk;
+mod render;
+
+pub use disk::DiskConfig;
+use serde::{Deserialize, Serialize};
 
 /// The name of the upstream that plain `/v2/<name>` requests go to.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -30,7 +35,7 @@ pub const BUILT_IN_UPSTREAMS: [(&str, &str); 7] = [
 ];
 
 /// The whole configuration of one pullthrough process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address the registry API listens on.
@@ -48,6 +53,8 @@ pub struct Config {
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
     pub memory: MemoryConfig,
+    /// The disk tier's bounds.
+    pub disk: DiskConfig,
     pub timeouts: TimeoutConfig,
     /// The shared S3 tier; off unless a bucket is named.
     pub s3: S3Config,
@@ -56,7 +63,7 @@ pub struct Config {
 }
 
 /// The in-memory tier, for manifests and small blobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Total bytes held; zero turns the tier off.
@@ -68,7 +75,7 @@ pub struct MemoryConfig {
 /// The shared tier: one bucket for every replica. Credentials come from the
 /// standard AWS chain (environment, profile, ECS task role, IMDS), never
 /// from this file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// The bucket; empty turns the tier off.
@@ -119,7 +126,7 @@ impl S3Config {
 }
 
 /// Bounds on every upstream exchange.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     /// TCP and TLS connection set-up.
@@ -134,7 +141,7 @@ pub struct TimeoutConfig {
 }
 
 /// One upstream registry, configured as a value.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Base URL, such as `https://registry-1.docker.io`; http is allowed for local registries.
@@ -153,19 +160,23 @@ fn yes() -> bool {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// A credential that never appears in `Debug` output or logs.
+/// A credential that never appears in `Debug` output, logs or a printed
+/// configuration (it serializes as [`Secret::REDACTED`]).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
+    /// What a printed configuration shows instead of a credential.
+    pub const REDACTED: &str = "<redacted>";
+
     /// Wraps a credential.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
@@ -174,6 +185,12 @@ impl Secret {
     /// The credential itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Secret::REDACTED)
     }
 }
 
@@ -197,6 +214,7 @@ impl Default for Config {
             default_upstream: DOCKER_HUB.to_owned(),
             log_format: LogFormat::Text,
             memory: MemoryConfig::default(),
+            disk: DiskConfig::default(),
             timeouts: TimeoutConfig::default(),
             s3: S3Config::default(),
             upstreams,
@@ -245,6 +263,8 @@ pub struct Overrides {
     pub tag_ttl: Option<Duration>,
     pub upstreams: Vec<(String, String)>,
     pub memory_max_bytes: Option<ByteSize>,
+    pub disk_max_bytes: Option<ByteSize>,
+    pub disk_max_percent: Option<u8>,
     pub log_format: Option<LogFormat>,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
@@ -273,7 +293,7 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -328,6 +348,12 @@ impl Config {
         }
         if let Some(v) = o.memory_max_bytes {
             self.memory.max_bytes = v;
+        }
+        if o.disk_max_bytes.is_some() {
+            self.disk.max_bytes = o.disk_max_bytes;
+        }
+        if let Some(v) = o.disk_max_percent {
+            self.disk.max_percent = v;
         }
         if let Some(v) = o.log_format {
             self.log_format = v;
@@ -392,6 +418,7 @@ impl Config {
                 "must not exceed memory.max_bytes",
             ));
         }
+        self.disk.validate()?;
         for (field, value) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.read", self.timeouts.read),

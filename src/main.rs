@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Serve the registry mirror.
     Serve(ServeArgs),
-    /// Print the effective configuration (credentials hidden) and exit.
+    /// Print the effective configuration as TOML (credentials redacted) and exit.
     Config(ServeArgs),
 }
 
@@ -51,6 +51,12 @@ struct ServeArgs {
     /// Size of the memory tier, such as 256MiB [default: 256MiB].
     #[arg(long, env = "PULLTHROUGH_MEMORY_MAX_BYTES")]
     memory_max_bytes: Option<ByteSize>,
+    /// Cap on the disk tier's bytes, such as 20GiB [default: none, only --disk-max-percent].
+    #[arg(long, env = "PULLTHROUGH_DISK_MAX_BYTES")]
+    disk_max_bytes: Option<ByteSize>,
+    /// Keep the data directory's file system at most this percent full [default: 80].
+    #[arg(long, env = "PULLTHROUGH_DISK_MAX_PERCENT")]
+    disk_max_percent: Option<u8>,
     /// Log line format [default: text].
     #[arg(long, env = "PULLTHROUGH_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -88,6 +94,8 @@ impl ServeArgs {
             tag_ttl: self.tag_ttl,
             upstreams: self.upstreams,
             memory_max_bytes: self.memory_max_bytes,
+            disk_max_bytes: self.disk_max_bytes,
+            disk_max_percent: self.disk_max_percent,
             log_format: self.log_format,
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
@@ -116,8 +124,16 @@ fn main() -> ExitCode {
         }
     };
     if !serve {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
+        return match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pullthrough: cannot print the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let _log_guard = init_logging(config.log_format);
     raise_open_file_limit();

@@ -35,6 +35,59 @@ pub struct Collectors {
     pub s3_degraded: prometheus::IntGauge,
     /// Parts of S3 objects read with ranged GETs, each answered with its range.
     pub s3_part_reads: prometheus::IntCounter,
+    /// Size, bounds and evictions of the cache tiers.
+    pub cache: CacheCollectors,
+}
+
+/// The cache tiers' size and evictions, labelled by `tier`.
+pub struct CacheCollectors {
+    /// Bytes held.
+    pub bytes: IntGaugeVec,
+    /// Objects held.
+    pub objects: IntGaugeVec,
+    /// Bytes the tier may hold now (the disk tier's cap).
+    pub capacity: IntGaugeVec,
+    /// Objects evicted to keep the tier within its bounds.
+    pub evictions: IntCounterVec,
+    /// Bytes of the objects evicted.
+    pub evicted_bytes: IntCounterVec,
+}
+
+impl CacheCollectors {
+    fn register(registry: &Registry) -> Self {
+        CacheCollectors {
+            bytes: gauge(
+                registry,
+                "pullthrough_cache_bytes",
+                "Bytes held by each cache tier.",
+                &["tier"],
+            ),
+            objects: gauge(
+                registry,
+                "pullthrough_cache_objects",
+                "Objects held by each cache tier.",
+                &["tier"],
+            ),
+            capacity: gauge(
+                registry,
+                "pullthrough_cache_capacity_bytes",
+                "Bytes each cache tier may hold now; eviction keeps it below.",
+                &["tier"],
+            ),
+            evictions: counter(
+                registry,
+                "pullthrough_cache_evictions_total",
+                "Objects evicted to keep a cache tier within its bounds.",
+                &["tier"],
+            ),
+            evicted_bytes: counter(
+                registry,
+                "pullthrough_cache_evicted_bytes_total",
+                "Bytes of the objects evicted from each cache tier.",
+                &["tier"],
+            ),
+        }
+    }
 }
 
 impl std::ops::Deref for Metrics {
@@ -130,6 +183,7 @@ impl Metrics {
         registry
             .register(Box::new(s3_part_reads.clone()))
             .expect("metric registered once");
+        let cache = CacheCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -141,6 +195,7 @@ impl Metrics {
             ratelimit_limit,
             s3_degraded,
             s3_part_reads,
+            cache,
         }))
     }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{AppState, router};
 use std::sync::Arc;
 
+use crate::cache::evict::Bounds;
 use crate::cache::{CacheError, DiskTier, MemoryTier, S3StartError, S3Tier, TieredCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -45,7 +46,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.memory.max_bytes.as_u64(),
         config.memory.max_object_bytes.as_u64(),
     );
-    let disk = DiskTier::open(&config.data_dir.join("cache"))?;
+    let bounds = Bounds::new(&config.disk);
+    let disk = DiskTier::open_bounded(&config.data_dir.join("cache"), bounds, metrics.clone())?;
     let cache = TieredCache::new(memory, disk, shared);
     cache.spawn_catch_up();
     let upstreams = Upstreams::from_config(config, &metrics)?;
@@ -56,6 +58,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.stale_retry,
         metrics.clone(),
     )?;
+    registry.limit_tag_records(config.disk.max_tag_records);
     Ok(AppState { registry, metrics })
 }
 

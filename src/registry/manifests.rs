@@ -42,7 +42,8 @@ pub(super) fn is_not_a_manifest(e: &RegistryError) -> bool {
 }
 
 impl Registry {
-    /// Answers a manifest GET (`want_body`) or HEAD.
+    /// Answers a manifest GET (`want_body`) or HEAD, and protects what it
+    /// served from eviction while the client pulls (see `ops`).
     pub async fn manifest(
         &self,
         upstream: &Arc<Upstream>,
@@ -51,16 +52,20 @@ impl Registry {
         accept: &AcceptSet,
         want_body: bool,
     ) -> Result<ManifestReply, RegistryError> {
-        match reference {
-            Reference::Digest(digest) => {
+        let (reply, tag_ttl) = match reference {
+            Reference::Digest(digest) => (
                 self.manifest_by_digest(upstream, repo, digest, want_body)
-                    .await
-            }
-            Reference::Tag(tag) => {
+                    .await?,
+                None,
+            ),
+            Reference::Tag(tag) => (
                 self.manifest_by_tag(upstream, repo, tag, *accept, want_body)
-                    .await
-            }
-        }
+                    .await?,
+                Some(upstream.tag_ttl()),
+            ),
+        };
+        self.protect_pulled(&reply, tag_ttl);
+        Ok(reply)
     }
 
     /// A cached object from the fastest tier that has it. A failing tier is
