@@ -145,7 +145,16 @@ fn main() -> ExitCode {
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(serve_until_signal(config)) {
+    let served = runtime.block_on(serve_until_signal(&config));
+    // Downloads cut off by the drain still hold a thread or a task: they
+    // stop with the runtime, and only then is `tmp/` certainly idle.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match server::clear_unfinished_downloads(&config) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "cleared unfinished downloads"),
+        Err(e) => tracing::warn!(error = %e, "could not clear unfinished downloads"),
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -168,9 +177,11 @@ fn raise_open_file_limit() {
 /// The most threads tokio may start for blocking work.
 const BLOCKING_THREADS: usize = 32;
 
-async fn serve_until_signal(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let state = server::build_state(&config).await?;
-    let listener = server::bind(&config).await?;
+async fn serve_until_signal(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = server::bind(config).await?;
+    let starting = server::serve_while_starting(&listener)?;
+    let state = server::build_state(config).await?;
+    starting.finish().await;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use super::evict::{Bounds, Evictor};
+use super::probe::DiskProbe;
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
     blocking,
 };
-use super::evict::{Bounds, Evictor};
-use super::probe::DiskProbe;
 use crate::metrics::Metrics;
 
 /// Manifests keep their media type in a file beside them with this suffix.
@@ -101,8 +101,10 @@ impl DiskTier {
             fs::remove_dir_all(&tmp).map_err(io_error(format!("clearing {}", tmp.display())))?;
         }
         fs::create_dir_all(&tmp).map_err(io_error(format!("creating {}", tmp.display())))?;
-        let evictor = Evictor::start(root, bounds, metrics)
-            .map_err(io_error(format!("starting the accounting of {}", root.display())))?;
+        let evictor = Evictor::start(root, bounds, metrics).map_err(io_error(format!(
+            "starting the accounting of {}",
+            root.display()
+        )))?;
         Ok(DiskTier {
             root: root.to_owned(),
             probe: DiskProbe::new(tmp.clone()),
@@ -121,23 +123,23 @@ impl DiskTier {
         &self.probe
     }
 
-    /// The directory downloads are written to before they are verified.
-    pub fn temp_dir(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Deletes every temporary file: at shutdown, once downloads stopped,
-    /// so that a stopped replica leaves nothing half-written behind.
-    pub async fn clear_temp(&self) -> Result<(), CacheError> {
-        let tmp = self.tmp.clone();
-        on_pool(move || {
-            let entries = fs::read_dir(&tmp).map_err(io_error(format!("listing {}", tmp.display())))?;
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
+    /// Deletes every temporary file of the tier under `root`: at shutdown,
+    /// once downloads stopped, so that a stopped replica leaves nothing
+    /// half-written behind. Returns how many there were.
+    pub fn clear_temp(root: &Path) -> Result<usize, CacheError> {
+        let tmp = root.join("tmp");
+        let entries = match fs::read_dir(&tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_error(format!("listing {}", tmp.display()))(e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
             }
-            Ok(())
-        })
-        .await
+        }
+        Ok(removed)
     }
 
     /// The directory the tier lives in.

@@ -48,13 +48,15 @@ impl TieredCache {
             };
             let bytes = match object.content {
                 Content::Memory(bytes) => bytes,
-                Content::File(file) => read_whole(file, object.meta.size).await.map_err(|e| {
-                    CacheError::Io {
-                        tier: "disk",
-                        context: format!("reading manifest {manifest}"),
-                        source: e,
-                    }
-                })?,
+                Content::File(file) => {
+                    read_whole(file, object.meta.size)
+                        .await
+                        .map_err(|e| CacheError::Io {
+                            tier: "disk",
+                            context: format!("reading manifest {manifest}"),
+                            source: e,
+                        })?
+                }
             };
             let refs = references(&bytes);
             manifests.extend(refs.manifests);

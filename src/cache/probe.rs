@@ -77,12 +77,19 @@ mod tests {
         std::fs::create_dir(&tmp).unwrap();
         let probe = DiskProbe::new(tmp.clone());
         probe.check().await.unwrap();
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the probe cleans up");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "the probe cleans up"
+        );
 
         // A directory replaced by a file cannot be written in, even by root.
         std::fs::remove_dir(&tmp).unwrap();
         std::fs::write(&tmp, b"not a directory").unwrap();
-        assert!(probe.check().await.is_ok(), "the answer is reused for a while");
+        assert!(
+            probe.check().await.is_ok(),
+            "the answer is reused for a while"
+        );
         tokio::time::sleep(PROBE_TTL).await;
         let err = probe.check().await.unwrap_err();
         assert!(err.contains("not writable"), "{err}");

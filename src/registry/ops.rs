@@ -98,13 +98,9 @@ impl Registry {
         let (bytes, objects) = self.inner.cache.memory().held();
         let cache = &self.inner.metrics.cache;
         cache.bytes.with_label_values(&["memory"]).set(bytes as i64);
-        cache.objects.with_label_values(&["memory"]).set(objects as i64);
-    }
-
-    /// Deletes downloads left unfinished, once serving has stopped.
-    pub async fn clear_downloads(&self) {
-        if let Err(e) = self.inner.cache.disk().clear_temp().await {
-            tracing::warn!(error = %e, "could not clear unfinished downloads");
-        }
+        cache
+            .objects
+            .with_label_values(&["memory"])
+            .set(objects as i64);
     }
 }

@@ -146,7 +146,14 @@ mod tests {
     #[test]
     fn a_fixed_cap_evicts_from_the_high_to_the_low_watermark() {
         let limits = Bounds::new(&config(Some(1000), 100)).limits(0, fs(10_000, 9_999));
-        assert_eq!(limits, Limits { cap: 1000, high: 950, low: 850 });
+        assert_eq!(
+            limits,
+            Limits {
+                cap: 1000,
+                high: 950,
+                low: 850
+            }
+        );
         assert_eq!(limits.excess(950), 0, "at the high watermark nothing goes");
         assert_eq!(limits.excess(951), 101, "above it, down to the low one");
     }

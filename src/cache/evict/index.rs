@@ -143,7 +143,11 @@ impl Index {
     /// `need` bytes are chosen or nothing evictable is left; objects in use
     /// or for which `keep` holds are never chosen. The chosen leave the
     /// count at once; call [`Index::evicted`] once each file is unlinked.
-    pub fn choose(&mut self, need: u64, keep: impl Fn(&ObjectKey) -> bool) -> Vec<(ObjectKey, u64)> {
+    pub fn choose(
+        &mut self,
+        need: u64,
+        keep: impl Fn(&ObjectKey) -> bool,
+    ) -> Vec<(ObjectKey, u64)> {
         let mut candidates: Vec<(u64, &ObjectKey)> = self
             .entries
             .iter()
@@ -162,7 +166,10 @@ impl Index {
             chosen.push((key.clone(), size));
         }
         for (key, size) in &chosen {
-            self.entries.get_mut(key).expect("chosen from entries").evicting = true;
+            self.entries
+                .get_mut(key)
+                .expect("chosen from entries")
+                .evicting = true;
             self.uncount(*size);
         }
         chosen
@@ -240,7 +247,10 @@ mod tests {
         }
         let reader = file();
         index.hit(&key(1), &reader, 10, 1);
-        assert!(index.open_file(&key(1)).is_some(), "shared with new readers");
+        assert!(
+            index.open_file(&key(1)).is_some(),
+            "shared with new readers"
+        );
         let chosen = index.choose(u64::MAX, |k| *k == key(2));
         assert_eq!(chosen, vec![(key(3), 10)]);
         drop(reader);
@@ -272,6 +282,10 @@ mod tests {
         assert!(index.hit(&key(1), &f, 10, PERSIST_EVERY_MS));
         assert!(!index.hit(&key(1), &f, 10, PERSIST_EVERY_MS + 1));
         index.hit(&key(9), &f, 7, 5_000);
-        assert_eq!(index.bytes(), 17, "a hit the scan had not reached is counted");
+        assert_eq!(
+            index.bytes(),
+            17,
+            "a hit the scan had not reached is counted"
+        );
     }
 }

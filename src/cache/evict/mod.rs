@@ -136,7 +136,10 @@ impl Evictor {
     /// The file of `key` if a reader has it open already: new readers
     /// share it (and the object stays in use while any reads).
     pub fn open_file(&self, key: &ObjectKey) -> Option<Arc<File>> {
-        self.shared.lock_index().open_file(key).map(|(file, _)| file)
+        self.shared
+            .lock_index()
+            .open_file(key)
+            .map(|(file, _)| file)
     }
 
     /// Records a hit on `file` (`size` bytes on disk). Returns true when
@@ -160,7 +163,11 @@ impl Evictor {
     /// past half of it already. Records the new hold when it answers yes.
     pub fn expand_due(&self, manifest: &Digest, until_ms: u64, length: Duration) -> bool {
         let half = length.as_millis() as u64 / 2;
-        let mut expanded = self.shared.expanded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expanded = self
+            .shared
+            .expanded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let held = expanded.entry(manifest.clone()).or_default();
         if *held >= until_ms.saturating_sub(half) {
             return false;
@@ -236,8 +243,14 @@ impl Shared {
     /// Sets the disk tier's gauges from `index`.
     fn publish(&self, index: &Index) {
         let m = &self.metrics;
-        m.cache.bytes.with_label_values(&["disk"]).set(index.bytes() as i64);
-        m.cache.objects.with_label_values(&["disk"]).set(index.objects() as i64);
+        m.cache
+            .bytes
+            .with_label_values(&["disk"])
+            .set(index.bytes() as i64);
+        m.cache
+            .objects
+            .with_label_values(&["disk"])
+            .set(index.objects() as i64);
     }
 
     /// Counts every object file under the tier's object directories.
@@ -255,7 +268,11 @@ impl Shared {
         self.add_scanned(&mut batch);
         self.loaded.store(true, Ordering::Release);
         let index = self.lock_index();
-        tracing::info!(objects = index.objects(), bytes = index.bytes(), "disk tier counted");
+        tracing::info!(
+            objects = index.objects(),
+            bytes = index.bytes(),
+            "disk tier counted"
+        );
     }
 
     fn add_scanned(&self, batch: &mut Vec<(ObjectKey, u64, u64)>) {
@@ -278,7 +295,11 @@ impl Shared {
             let mut index = self.lock_index();
             let limits = self.bounds.limits(index.bytes(), fs);
             self.high.store(limits.high, Ordering::Relaxed);
-            self.metrics.cache.capacity.with_label_values(&["disk"]).set(limits.cap.min(i64::MAX as u64) as i64);
+            self.metrics
+                .cache
+                .capacity
+                .with_label_values(&["disk"])
+                .set(limits.cap.min(i64::MAX as u64) as i64);
             let need = limits.excess(index.bytes());
             if need == 0 {
                 return evicted;
@@ -305,9 +326,17 @@ impl Shared {
             evicted.bytes += size;
         }
         let m = &self.metrics.cache;
-        m.evictions.with_label_values(&["disk"]).inc_by(evicted.objects);
-        m.evicted_bytes.with_label_values(&["disk"]).inc_by(evicted.bytes);
-        tracing::info!(objects = evicted.objects, bytes = evicted.bytes, "evicted from the disk tier");
+        m.evictions
+            .with_label_values(&["disk"])
+            .inc_by(evicted.objects);
+        m.evicted_bytes
+            .with_label_values(&["disk"])
+            .inc_by(evicted.bytes);
+        tracing::info!(
+            objects = evicted.objects,
+            bytes = evicted.bytes,
+            "evicted from the disk tier"
+        );
         evicted
     }
 

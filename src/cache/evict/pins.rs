@@ -132,7 +132,9 @@ impl Pins {
             .iter()
             .map(|(root, members)| (root.as_str(), members.iter().map(Digest::as_str).collect()))
             .collect();
-        let temp = self.path.with_extension(format!("{}.tmp", rand::random::<u64>()));
+        let temp = self
+            .path
+            .with_extension(format!("{}.tmp", rand::random::<u64>()));
         std::fs::write(&temp, serde_json::to_vec_pretty(&saved)?)?;
         std::fs::rename(&temp, &self.path)
     }
@@ -171,7 +173,10 @@ mod tests {
         let path = dir.path().join("pins.json");
         let mut pins = Pins::load(&path).unwrap();
         pins.pin(d(1), [].into()).unwrap();
-        assert!(!pins.extend(&d(9), &[d(10)]).unwrap(), "not pinned: nothing");
+        assert!(
+            !pins.extend(&d(9), &[d(10)]).unwrap(),
+            "not pinned: nothing"
+        );
         assert!(pins.extend(&d(1), &[d(2), d(3)]).unwrap());
         assert!(!pins.extend(&d(1), &[d(2)]).unwrap(), "nothing new");
         assert!(Pins::load(&path).unwrap().covers(&d(3)));

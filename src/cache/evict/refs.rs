@@ -57,7 +57,11 @@ pub fn references(body: &[u8]) -> References {
         .chain(doc.fs_layers.iter().filter_map(|l| parse(&l.blob_sum)))
         .collect();
     References {
-        manifests: doc.manifests.iter().filter_map(|d| parse(&d.digest)).collect(),
+        manifests: doc
+            .manifests
+            .iter()
+            .filter_map(|d| parse(&d.digest))
+            .collect(),
         blobs,
     }
 }
