@@ -67,8 +67,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Total bytes held; zero turns the tier off.
+    #[serde(serialize_with = "render::exact_size")]
     pub max_bytes: ByteSize,
     /// Objects larger than this are served from disk only.
+    #[serde(serialize_with = "render::exact_size")]
     pub max_object_bytes: ByteSize,
 }
 
@@ -92,6 +94,7 @@ pub struct S3Config {
     pub timeout: Duration,
     /// Blobs are read in ranged GETs of this size: one connection to S3 is
     /// far slower than several.
+    #[serde(serialize_with = "render::exact_size")]
     pub read_part_size: ByteSize,
     /// Ranged GETs in flight for one blob; memory per read is bounded by
     /// this times `read_part_size`.

@@ -15,6 +15,7 @@ use super::{ConfigError, invalid};
 pub struct DiskConfig {
     /// Bytes the cached objects may take in all; unset: no fixed cap, only
     /// `max_percent`.
+    #[serde(serialize_with = "super::render::exact_size_opt")]
     pub max_bytes: Option<ByteSize>,
     /// The file system, counting every user of it, is kept at most this
     /// full by evicting cached objects; 100 turns the percentage form off.

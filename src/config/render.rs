@@ -13,6 +13,39 @@ impl Config {
     }
 }
 
+/// Writes a size in the largest binary unit that holds it exactly
+/// (`"20GiB"`, `"640KiB"`), else in bytes: `bytesize`'s own form rounds to
+/// one decimal, which would not read back as the same size.
+pub(super) fn exact_size<S: serde::Serializer>(
+    size: &bytesize::ByteSize,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let bytes = size.as_u64();
+    let unit = [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ]
+    .into_iter()
+    .find(|(_, unit)| bytes > 0 && bytes % unit == 0);
+    match unit {
+        Some((name, unit)) => serializer.serialize_str(&format!("{}{name}", bytes / unit)),
+        None => serializer.serialize_str(&format!("{bytes}B")),
+    }
+}
+
+/// [`exact_size`] for an optional size (`None` is left out of the file).
+pub(super) fn exact_size_opt<S: serde::Serializer>(
+    size: &Option<bytesize::ByteSize>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match size {
+        Some(size) => exact_size(size, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -33,6 +66,7 @@ mod tests {
         c.s3.bucket = "cache-bucket".into();
         c.s3.region = Some("eu-west-1".into());
         c.s3.read_part_size = ByteSize::kib(640);
+        c.memory.max_object_bytes = ByteSize::b(1_234_567);
         let mut local = UpstreamConfig::new("http://10.0.0.5:5000");
         local.tag_ttl = Some(Duration::from_secs(3600));
         local.username = Some("robot".into());
@@ -60,6 +94,8 @@ mod tests {
         assert_eq!(back.memory.max_bytes, config.memory.max_bytes);
         assert_eq!(back.disk.max_bytes, config.disk.max_bytes);
         assert_eq!(back.s3.read_part_size, config.s3.read_part_size);
+        assert_eq!(back.memory.max_object_bytes, ByteSize::b(1_234_567));
+        assert!(text.contains("max_bytes = \"20GiB\""), "{text}");
         assert_eq!(back.upstreams.len(), config.upstreams.len());
         let local = &back.upstreams["registry.local:5000"];
         assert_eq!(local.tag_ttl, Some(Duration::from_secs(3600)));
