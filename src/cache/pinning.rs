@@ -85,12 +85,14 @@ impl TieredCache {
     }
 
     /// Keeps the manifest `digest` and, when its `body` is given,
-    /// everything it references from eviction for `length`: a client that
-    /// got a manifest is about to fetch its blobs. A pinned manifest's
-    /// pin grows to cover what it references. Cheap when repeated: the
-    /// references are parsed again only when half the hold has passed.
-    pub fn hold_image(&self, digest: &Digest, body: Option<&[u8]>, length: Duration) {
+    /// everything it references from eviction for the configured pull
+    /// hold, or `at_least` if that is longer: a client that got a manifest
+    /// is about to fetch its blobs. A pinned manifest's pin grows to cover
+    /// what it references. Cheap when repeated: the references are parsed
+    /// again only when half the hold has passed.
+    pub fn hold_image(&self, digest: &Digest, body: Option<&[u8]>, at_least: Option<Duration>) {
         let evictor = self.disk().evictor();
+        let length = at_least.map_or(evictor.pull_hold(), |d| d.max(evictor.pull_hold()));
         let until = super::evict::now_ms().saturating_add(length.as_millis() as u64);
         evictor.hold([digest], until);
         let Some(body) = body else {

@@ -1,6 +1,8 @@
 //! The disk tier's bounds: how much of its file system the cache may use,
 //! and the watermarks eviction works between (see `cache::evict`).
 
+use std::time::Duration;
+
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,11 @@ pub struct DiskConfig {
     pub low_watermark: u8,
     /// Tag records kept on disk; the least recently used go first.
     pub max_tag_records: u64,
+    /// How long serving a manifest keeps it and everything it references
+    /// from eviction (at least the tag's TTL when asked by tag): the time
+    /// a rollout has to fetch the layers.
+    #[serde(with = "humantime_serde")]
+    pub pull_hold: Duration,
 }
 
 impl Default for DiskConfig {
@@ -38,6 +45,7 @@ impl Default for DiskConfig {
             high_watermark: 95,
             low_watermark: 85,
             max_tag_records: 100_000,
+            pull_hold: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -59,6 +67,9 @@ impl DiskConfig {
                 "disk.low_watermark",
                 "must be above 0 and below disk.high_watermark",
             ));
+        }
+        if self.pull_hold.is_zero() {
+            return Err(invalid("disk.pull_hold", "must be greater than zero"));
         }
         if self.max_tag_records == 0 {
             return Err(invalid("disk.max_tag_records", "must be greater than zero"));
@@ -93,6 +104,7 @@ mod tests {
             ("low_watermark = 95", "disk.low_watermark"),
             ("high_watermark = 120", "disk.high_watermark"),
             ("max_tag_records = 0", "disk.max_tag_records"),
+            ("pull_hold = \"0s\"", "disk.pull_hold"),
         ] {
             let c = Config::from_toml(&format!("[disk]\n{toml}")).unwrap();
             let err = c.validate().unwrap_err().to_string();

@@ -25,7 +25,7 @@ pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
 pub use manifests::ManifestReply;
-pub use ops::{PULL_HOLD, PinReport, Readiness};
+pub use ops::{PinReport, Readiness};
 pub use referrers::{ReferrersReply, fallback_tag};
 pub use tag_store::TagStore;
 pub use tags::{TagEntry, TagKey, TagRecord, now_ms};

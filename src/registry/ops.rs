@@ -11,11 +11,6 @@ use crate::cache::evict::DiskUsage;
 use crate::reference::{Reference, RepoName};
 use crate::upstream::Upstream;
 
-/// How long serving a manifest keeps it and what it references from
-/// eviction: long enough for the client to fetch every layer, and for the
-/// other nodes of a rollout to ask for the same ones.
-pub const PULL_HOLD: Duration = Duration::from_secs(15 * 60);
-
 /// What pinning covered; see [`crate::cache::Pinned`].
 pub type PinReport = crate::cache::Pinned;
 
@@ -37,13 +32,13 @@ impl Registry {
     }
 
     /// Protects a manifest just served, and what it references, from
-    /// eviction: for [`PULL_HOLD`], and for a tag's TTL when it was asked
-    /// by tag.
-    pub(super) fn protect_pulled(&self, reply: &ManifestReply, by_tag_ttl: Option<Duration>) {
-        let length = by_tag_ttl.map_or(PULL_HOLD, |ttl| ttl.max(PULL_HOLD));
+    /// eviction while its client pulls (`disk.pull_hold`), and for the
+    /// tag's TTL when it was asked by tag: a manifest whose tag is fresh
+    /// stays.
+    pub(super) fn protect_pulled(&self, reply: &ManifestReply, tag_ttl: Option<Duration>) {
         self.inner
             .cache
-            .hold_image(&reply.digest, reply.body.as_deref(), length);
+            .hold_image(&reply.digest, reply.body.as_deref(), tag_ttl);
     }
 
     /// Fetches the image `reference` names (through the cache, so at most

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::config::DiskConfig;
 
@@ -42,13 +43,16 @@ impl FsUsage {
     }
 }
 
-/// The configured limits, resolved against the file system when checked.
+/// The configured limits, resolved against the file system when checked,
+/// and how long a pull protects what it fetches.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
     max_bytes: Option<u64>,
     max_percent: u8,
     high: u8,
     low: u8,
+    /// How long serving a manifest protects it and what it references.
+    pub pull_hold: Duration,
 }
 
 /// Where the tier stands against its bounds at one moment.
@@ -70,6 +74,7 @@ impl Bounds {
             max_percent: 100,
             high: 100,
             low: 99,
+            pull_hold: DiskConfig::default().pull_hold,
         }
     }
 
@@ -80,6 +85,7 @@ impl Bounds {
             max_percent: config.max_percent,
             high: config.high_watermark,
             low: config.low_watermark,
+            pull_hold: config.pull_hold,
         }
     }
 

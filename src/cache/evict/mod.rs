@@ -26,13 +26,16 @@ mod bounds;
 mod index;
 mod pins;
 mod refs;
+#[cfg(test)]
+mod tests;
+mod thread;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use bounds::{Bounds, FsUsage, Limits};
@@ -43,6 +46,7 @@ use crate::digest::Digest;
 use crate::metrics::Metrics;
 use index::Index;
 use pins::Pins;
+use thread::{Wake, run, walk_dir};
 
 /// How often the bounds are checked when no store asks.
 const PASS_EVERY: Duration = Duration::from_secs(30);
@@ -211,6 +215,11 @@ impl Evictor {
         self.shared.lock_pins().roots()
     }
 
+    /// How long serving a manifest protects it and what it references.
+    pub fn pull_hold(&self) -> Duration {
+        self.shared.bounds.pull_hold
+    }
+
     /// The tier's size against its bounds now.
     pub fn usage(&self) -> DiskUsage {
         let fs = FsUsage::of(&self.shared.root).ok();
@@ -362,84 +371,6 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
-    }
-}
-
-/// Calls `found` with each object under `dir` (`<algorithm>/<xx>/<hex>`):
-/// its key, its bytes on disk (a manifest's media type included) and its
-/// mtime. Unreadable entries are skipped: they are counted when hit.
-fn walk_dir(dir: &Path, kind: ObjectKind, found: &mut impl FnMut(ObjectKey, u64, u64)) {
-    let read = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten();
-    for algorithm in read(dir) {
-        for shard in read(&algorithm.path()) {
-            for file in read(&shard.path()) {
-                let name = file.file_name();
-                let name = name.to_string_lossy();
-                if name.ends_with(super::disk::MEDIA_TYPE_SUFFIX) {
-                    continue;
-                }
-                let text = format!("{}:{name}", algorithm.file_name().to_string_lossy());
-                let (Ok(digest), Ok(meta)) = (text.parse::<Digest>(), file.metadata()) else {
-                    continue;
-                };
-                let mut size = meta.len();
-                if kind == ObjectKind::Manifest {
-                    let type_file = super::disk::media_type_path(&file.path());
-                    size += std::fs::metadata(type_file).map_or(0, |m| m.len());
-                }
-                let mtime_ms = meta.modified().map_or(0, system_ms);
-                found(ObjectKey { kind, digest }, size, mtime_ms);
-            }
-        }
-    }
-}
-
-/// The eviction thread: walks the files, then checks the bounds whenever
-/// woken or every [`PASS_EVERY`], until the evictor is dropped.
-fn run(shared: Weak<Shared>, wake: Arc<Wake>) {
-    match shared.upgrade() {
-        Some(shared) => {
-            shared.walk();
-            shared.pass();
-        }
-        None => return,
-    }
-    while wake.wait(PASS_EVERY) {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.pass();
-    }
-}
-
-/// Wakes the eviction thread; closed when the evictor is dropped.
-#[derive(Default)]
-struct Wake {
-    /// (woken, closed)
-    state: Mutex<(bool, bool)>,
-    signal: Condvar,
-}
-
-impl Wake {
-    fn notify(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
-        self.signal.notify_one();
-    }
-
-    fn close(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
-        self.signal.notify_one();
-    }
-
-    /// Waits until woken or `timeout` passes; false once closed.
-    fn wait(&self, timeout: Duration) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut state, _) = self
-            .signal
-            .wait_timeout_while(state, timeout, |(woken, closed)| !*woken && !*closed)
-            .unwrap_or_else(|e| e.into_inner());
-        state.0 = false;
-        !state.1
     }
 }
 
