@@ -2,10 +2,10 @@
 //! memory, and the least-recently-used choice of what to evict.
 //!
 //! Pure bookkeeping, no I/O: the tier reports stores, hits and unlinks, and
-//! the eviction pass asks which objects to remove. An object leaves the
-//! count the moment it is chosen (marked `evicting`), before its file is
-//! unlinked, so a reader that still has it open or mapped never makes it
-//! count twice.
+//! the eviction pass asks which objects to remove. A chosen object is
+//! marked `evicting` (never chosen again) and leaves the count once its
+//! file is unlinked; a reader that still has it open or mapped keeps its
+//! blocks allocated a while longer, but it is never counted twice.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,7 +29,7 @@ pub(super) struct Entry {
     persisted_ms: u64,
     /// The file as the tier has it open; alive while anyone reads it.
     open: Weak<File>,
-    /// Chosen for eviction: no longer counted, about to be unlinked.
+    /// Chosen for eviction: about to be unlinked.
     evicting: bool,
 }
 
@@ -45,19 +45,19 @@ impl Entry {
 #[derive(Debug, Default)]
 pub(super) struct Index {
     entries: HashMap<ObjectKey, Entry>,
-    /// Bytes of the entries not being evicted.
+    /// Bytes of the entries.
     bytes: u64,
-    /// Entries not being evicted.
+    /// Entries.
     objects: u64,
 }
 
 impl Index {
-    /// Bytes counted, objects being evicted excluded.
+    /// Bytes counted.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    /// Objects counted, objects being evicted excluded.
+    /// Objects counted.
     pub fn objects(&self) -> u64 {
         self.objects
     }
@@ -75,9 +75,7 @@ impl Index {
                 evicting: false,
             },
         );
-        if let Some(previous) = previous
-            && !previous.evicting
-        {
+        if let Some(previous) = previous {
             self.uncount(previous.size);
         }
         self.count(size);
@@ -132,17 +130,15 @@ impl Index {
 
     /// Forgets an object whose file is gone (found missing by a lookup).
     pub fn forget(&mut self, key: &ObjectKey) {
-        if let Some(entry) = self.entries.remove(key)
-            && !entry.evicting
-        {
+        if let Some(entry) = self.entries.remove(key) {
             self.uncount(entry.size);
         }
     }
 
     /// Chooses objects to evict, least recently used first, until at least
     /// `need` bytes are chosen or nothing evictable is left; objects in use
-    /// or for which `keep` holds are never chosen. The chosen leave the
-    /// count at once; call [`Index::evicted`] once each file is unlinked.
+    /// or for which `keep` holds are never chosen. Call [`Index::evicted`]
+    /// once each chosen file is unlinked.
     pub fn choose(
         &mut self,
         need: u64,
@@ -165,12 +161,11 @@ impl Index {
             freed += size;
             chosen.push((key.clone(), size));
         }
-        for (key, size) in &chosen {
+        for (key, _) in &chosen {
             self.entries
                 .get_mut(key)
                 .expect("chosen from entries")
                 .evicting = true;
-            self.uncount(*size);
         }
         chosen
     }
@@ -179,7 +174,7 @@ impl Index {
     /// while its file was being unlinked.
     pub fn evicted(&mut self, key: &ObjectKey) {
         if self.entries.get(key).is_some_and(|e| e.evicting) {
-            self.entries.remove(key);
+            self.forget(key);
         }
     }
 
@@ -232,11 +227,14 @@ mod tests {
         let chosen = index.choose(15, |_| false);
         let keys: Vec<_> = chosen.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(keys, vec![key(2), key(3)], "oldest first, until enough");
-        assert_eq!((index.bytes(), index.objects()), (20, 2));
-        assert!(
-            index.choose(100, |_| false).len() == 2,
+        assert_eq!(index.bytes(), 40, "counted until unlinked");
+        assert_eq!(
+            index.choose(100, |_| false).len(),
+            2,
             "the chosen are not chosen again"
         );
+        index.evicted(&key(2));
+        assert_eq!((index.bytes(), index.objects()), (30, 3));
     }
 
     #[test]
@@ -264,8 +262,8 @@ mod tests {
         index.stored(&key(1), 10, 1);
         index.stored(&key(2), 10, 2);
         assert_eq!(index.choose(1, |_| false).len(), 1);
-        assert_eq!(index.bytes(), 10);
         index.stored(&key(1), 10, 3);
+        assert_eq!(index.bytes(), 20, "stored again: counted once");
         index.evicted(&key(1));
         assert_eq!((index.bytes(), index.objects()), (20, 2));
         assert_eq!(index.choose(1, |_| false), vec![(key(2), 10)]);

@@ -326,21 +326,19 @@ impl Shared {
             self.publish(&index);
             chosen
         };
+        let m = &self.metrics.cache;
         for (key, size) in chosen {
             if let Err(e) = self.unlink(&key) {
                 tracing::warn!(digest = %key.digest, error = %e, "could not evict an object");
             }
-            self.lock_index().evicted(&key);
+            m.evictions.with_label_values(&["disk"]).inc();
+            m.evicted_bytes.with_label_values(&["disk"]).inc_by(size);
+            let mut index = self.lock_index();
+            index.evicted(&key);
+            self.publish(&index);
             evicted.objects += 1;
             evicted.bytes += size;
         }
-        let m = &self.metrics.cache;
-        m.evictions
-            .with_label_values(&["disk"])
-            .inc_by(evicted.objects);
-        m.evicted_bytes
-            .with_label_values(&["disk"])
-            .inc_by(evicted.bytes);
         tracing::info!(
             objects = evicted.objects,
             bytes = evicted.bytes,

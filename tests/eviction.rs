@@ -1,0 +1,153 @@
+//! The disk tier under a small cap: a stream of images goes through it,
+//! and the cap holds while pinned content, the image a client is pulling
+//! and the accounting across a restart all survive.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use bytesize::ByteSize;
+use pullthrough::cache::evict::DiskUsage;
+use pullthrough::config::Config;
+
+use support::client::Client;
+use support::hubsim::{HubSim, SimImage};
+use support::proxy::{self, Proxy};
+use support::random_bytes;
+
+/// Every layer's size: an image is about half a MiB.
+const LAYER: usize = 256 * 1024;
+
+/// The cap: four MiB, so eviction starts above 95% of it and stops at 85%.
+const CAP: u64 = 4 * 1024 * 1024;
+
+/// A disk tier of [`CAP`] bytes and no memory tier, so every hit is a disk
+/// hit; pulls by digest are protected for one second, tags for a minute.
+fn small_cache(sim: &HubSim, data_dir: &std::path::Path) -> Config {
+    let mut config = proxy::config(&sim.registry_url, data_dir);
+    config.memory.max_bytes = ByteSize::b(0);
+    config.disk.max_bytes = Some(ByteSize::b(CAP));
+    config.disk.max_percent = 100;
+    config.disk.pull_hold = Duration::from_secs(1);
+    config.tag_ttl = Duration::from_secs(60);
+    config
+}
+
+fn push(sim: &HubSim, repo: &str, seed: u64) -> SimImage {
+    let layers: Vec<Bytes> = (0..2).map(|n| random_bytes(LAYER, seed * 10 + n)).collect();
+    sim.push_image(repo, "v1", &layers)
+}
+
+/// The disk tier once eviction is done: under its high watermark, and
+/// unchanged for a few tenths of a second.
+async fn settled(proxy: &Proxy) -> DiskUsage {
+    let high = CAP * 95 / 100;
+    support::wait_until_async(async || proxy.disk().await.bytes <= high).await;
+    let mut last = proxy.disk().await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = proxy.disk().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the disk tier never settled: {last:?}");
+}
+
+fn blobs(image: &SimImage) -> Vec<String> {
+    let mut blobs = vec![image.config_digest.clone()];
+    blobs.extend(image.layer_digests.iter().cloned());
+    blobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_of_images_keeps_the_cap_pins_and_the_pull_in_progress() {
+    let sim = HubSim::start().await;
+    let pinned = push(&sim, "library/pinned", 1);
+    let rollout = push(&sim, "library/rollout", 2);
+    let flood: Vec<SimImage> = (0..16)
+        .map(|n| push(&sim, &format!("library/flood{n}"), 100 + n))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let proxy = Proxy::start(small_cache(&sim, &data_dir)).await;
+    proxy.disk_counted().await;
+    let client = Client::new(&proxy.url);
+
+    // Pinned by digest, so only the pin protects it once its hold ran out.
+    client.pull("library/pinned", &pinned.manifest_digest).await;
+    let pin = proxy.pin("library/pinned", &pinned.manifest_digest).await;
+    assert_eq!(pin.digests, 4, "the manifest, its config and two layers");
+    assert!(pin.manifests_not_cached.is_empty());
+
+    // The image of a rollout: cached, then a client starts pulling it by
+    // tag and has one layer when the flood comes.
+    client.pull("library/rollout", "v1").await;
+    let manifest = client.manifest("library/rollout", "v1").await;
+    assert_eq!(manifest.status, 200);
+    let first = client
+        .blob("library/rollout", &rollout.layer_digests[0])
+        .await
+        .unwrap();
+    assert_eq!(first.body_digest(), rollout.layer_digests[0]);
+
+    for image in &flood {
+        client.pull(&image.repo, &image.manifest_digest).await;
+    }
+    // Twice the cap went through. Once the flood's holds ran out, the
+    // next stores start passes, which evict down to the low watermark.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let last = push(&sim, "library/last", 999);
+    client.pull(&last.repo, &last.manifest_digest).await;
+    let disk = settled(&proxy).await;
+    assert_eq!(disk.limits.cap, CAP);
+    assert!(
+        disk.bytes <= CAP * 95 / 100,
+        "under the high watermark: {disk:?}"
+    );
+    let low = CAP * 85 / 100;
+    assert!(
+        disk.bytes >= low - 2 * LAYER as u64,
+        "no more than needed: {disk:?}"
+    );
+    let evicted = proxy.metric("pullthrough_cache_evicted_bytes_total", &[("tier", "disk")]);
+    assert!(
+        evicted >= (8 * 1024 * 1024 - CAP) as f64,
+        "evicted {evicted}"
+    );
+    let flood_left = flood.iter().flat_map(blobs).filter(|b| proxy.has_blob(b));
+    assert!(
+        flood_left.count() < 3 * flood.len() / 2,
+        "the flood went first"
+    );
+
+    for blob in blobs(&pinned) {
+        assert!(proxy.has_blob(&blob), "pinned {blob} stays");
+    }
+    // The pull in progress completes from the cache, with the right bytes.
+    let upstream_before = sim.counters().cdn_gets;
+    for blob in blobs(&rollout).iter().skip(1) {
+        let answer = client.blob("library/rollout", blob).await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body_digest(), blob);
+    }
+    assert_eq!(sim.counters().cdn_gets, upstream_before, "all hits");
+
+    // A restart counts exactly what was there.
+    let before = settled(&proxy).await;
+    proxy.stop().await;
+    let restarted = Proxy::start(small_cache(&sim, &data_dir)).await;
+    restarted.disk_counted().await;
+    let after = restarted.disk().await;
+    assert_eq!((after.bytes, after.objects), (before.bytes, before.objects));
+    assert_eq!(
+        restarted.metric("pullthrough_cache_bytes", &[("tier", "disk")]),
+        before.bytes as f64
+    );
+    let pin = restarted
+        .pin("library/pinned", &pinned.manifest_digest)
+        .await;
+    assert_eq!(pin.digests, 4, "the pin is still there to renew");
+}
