@@ -56,6 +56,17 @@ async fn settled(proxy: &Proxy) -> DiskUsage {
     panic!("the disk tier never settled: {last:?}");
 }
 
+/// Pins (`POST`) or unpins (`DELETE`) `image` through the admin endpoint.
+async fn admin(client: &Client, method: &str, image: &str) -> serde_json::Value {
+    let path = format!("/_pullthrough/pin?image={image}");
+    let answer = client
+        .send(method, &path, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    serde_json::from_slice(&answer.body).unwrap()
+}
+
 fn blobs(image: &SimImage) -> Vec<String> {
     let mut blobs = vec![image.config_digest.clone()];
     blobs.extend(image.layer_digests.iter().cloned());
@@ -78,9 +89,11 @@ async fn a_stream_of_images_keeps_the_cap_pins_and_the_pull_in_progress() {
 
     // Pinned by digest, so only the pin protects it once its hold ran out.
     client.pull("library/pinned", &pinned.manifest_digest).await;
-    let pin = proxy.pin("library/pinned", &pinned.manifest_digest).await;
-    assert_eq!(pin.digests, 4, "the manifest, its config and two layers");
-    assert!(pin.manifests_not_cached.is_empty());
+    let pinned_image = format!("library/pinned@{}", pinned.manifest_digest);
+    let pin = admin(&client, "POST", &pinned_image).await;
+    assert_eq!(pin["pinned"], pinned.manifest_digest.as_str(), "{pin}");
+    assert_eq!(pin["digests"], 4, "the manifest, its config and two layers");
+    assert_eq!(pin["manifests_not_cached"], serde_json::json!([]));
 
     // The image of a rollout: cached, then a client starts pulling it by
     // tag and has one layer when the flood comes.
@@ -146,8 +159,9 @@ async fn a_stream_of_images_keeps_the_cap_pins_and_the_pull_in_progress() {
         restarted.metric("pullthrough_cache_bytes", &[("tier", "disk")]),
         before.bytes as f64
     );
-    let pin = restarted
-        .pin("library/pinned", &pinned.manifest_digest)
-        .await;
-    assert_eq!(pin.digests, 4, "the pin is still there to renew");
+    let restarted_client = Client::new(&restarted.url);
+    let unpin = admin(&restarted_client, "DELETE", &pinned_image).await;
+    assert_eq!(unpin["unpinned"], true, "the pin survived the restart");
+    let again = admin(&restarted_client, "DELETE", &pinned_image).await;
+    assert_eq!(again["unpinned"], false);
 }

@@ -1,5 +1,5 @@
 //! The HTTP API: the OCI distribution pull endpoints under `/v2/`, plus
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz`, `/readyz` and the operators' `/_pullthrough/pin`.
 //!
 //! Handlers only extract, delegate to the [`Registry`] and shape the
 //! response. Every response passes through [`access::record`], which writes
@@ -7,6 +7,7 @@
 //! [`Outcome`](crate::registry::Outcome) the handler attached.
 
 mod access;
+mod admin;
 mod blobs;
 mod error;
 mod health;
@@ -17,7 +18,7 @@ mod referrers;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/_pullthrough/pin", post(admin::pin).delete(admin::pin))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,

@@ -117,18 +117,6 @@ impl Proxy {
         super::wait_until_async(async || self.disk().await.loaded).await;
     }
 
-    /// Pins `repo`'s image `reference` (a tag or a digest) from docker.io.
-    pub async fn pin(&self, repo: &str, reference: &str) -> pullthrough::registry::PinReport {
-        let registry = &self.state.registry;
-        let name = pullthrough::reference::RepoName::parse(repo).unwrap();
-        let (upstream, repo) = registry.route(None, &name).unwrap();
-        let reference = pullthrough::reference::Reference::parse(reference).unwrap();
-        registry
-            .pin_image(&upstream, &repo, &reference)
-            .await
-            .expect("pinned")
-    }
-
     /// Whether the disk tier holds the blob `digest` (`sha256:<hex>`).
     pub fn has_blob(&self, digest: &str) -> bool {
         let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
