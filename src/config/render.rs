@@ -28,7 +28,7 @@ pub(super) fn exact_size<S: serde::Serializer>(
         ("KiB", 1 << 10),
     ]
     .into_iter()
-    .find(|(_, unit)| bytes > 0 && bytes % unit == 0);
+    .find(|(_, unit)| bytes > 0 && bytes.is_multiple_of(*unit));
     match unit {
         Some((name, unit)) => serializer.serialize_str(&format!("{}{name}", bytes / unit)),
         None => serializer.serialize_str(&format!("{bytes}B")),
@@ -57,8 +57,10 @@ mod tests {
 
     /// A configuration that sets something in every section.
     fn busy_config() -> Config {
-        let mut c = Config::default();
-        c.tag_ttl = Duration::from_secs(90);
+        let mut c = Config {
+            tag_ttl: Duration::from_secs(90),
+            ..Config::default()
+        };
         c.memory.max_bytes = ByteSize::mib(64);
         c.disk.max_bytes = Some(ByteSize::gib(20));
         c.disk.max_percent = 90;

@@ -70,7 +70,8 @@ impl TagStore {
     /// and every twentieth of the limit after.
     fn prune_in_turn(&self) {
         let max = self.max_records.load(Ordering::Relaxed);
-        if self.updates.fetch_add(1, Ordering::Relaxed) % (max / 20).max(1) != 0 {
+        let updates = self.updates.fetch_add(1, Ordering::Relaxed);
+        if !updates.is_multiple_of((max / 20).max(1)) {
             return;
         }
         let dir = self.dir.clone();
