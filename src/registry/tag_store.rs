@@ -266,6 +266,41 @@ mod tests {
         assert!(written(dir.path(), &forgotten).await);
     }
 
+    #[tokio::test]
+    async fn records_on_disk_stay_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TagStore::open(dir.path(), None).unwrap();
+        store.limit(10);
+        for n in 0..30 {
+            let key = TagKey {
+                tag: format!("t{n}"),
+                ..key()
+            };
+            store.update(&key, |e| e.keep(record(n), AcceptSet::of(&[V2]), None));
+            // Distinct mtimes, so "least recently written" is well defined.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let newest = dir.path().join(BY_TAG).join(
+            TagKey {
+                tag: "t29".into(),
+                ..key()
+            }
+            .file_name(),
+        );
+        let files = || std::fs::read_dir(dir.path().join(BY_TAG)).unwrap().count();
+        for _ in 0..100 {
+            if files() <= 10 && newest.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{} records on disk; newest kept: {}",
+            files(),
+            newest.exists()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn updates_of_one_tag_keep_every_type() {
         let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,8 @@ pub fn serve_command(
         .arg(format!("docker.io={upstream_url}"))
         .args(extra)
         .env("PULLTHROUGH_LOG", "warn")
+        // How full the test machine's disk is must not evict anything.
+        .env("PULLTHROUGH_DISK_MAX_PERCENT", "100")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(env.iter().copied());
     (command, port)
