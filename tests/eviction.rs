@@ -94,6 +94,10 @@ async fn a_stream_of_images_keeps_the_cap_pins_and_the_pull_in_progress() {
     assert_eq!(pin["pinned"], pinned.manifest_digest.as_str(), "{pin}");
     assert_eq!(pin["digests"], 4, "the manifest, its config and two layers");
     assert_eq!(pin["manifests_not_cached"], serde_json::json!([]));
+    let pins = client.get("/_pullthrough/pin").await;
+    let pins: serde_json::Value = serde_json::from_slice(&pins.body).unwrap();
+    assert_eq!(pins["pins"][0]["pinned"], pinned.manifest_digest.as_str());
+    assert_eq!(pins["pins"].as_array().unwrap().len(), 1);
 
     // The image of a rollout: cached, then a client starts pulling it by
     // tag and has one layer when the flood comes.

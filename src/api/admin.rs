@@ -1,7 +1,7 @@
 //! Operator endpoints under `/_pullthrough/`, beside the registry API:
 //! `POST /_pullthrough/pin?image=NAME[:TAG|@DIGEST]` pins an image so it
 //! is never evicted (fetching its manifest first if needed, as one pull),
-//! and `DELETE` with the same parameter unpins it. This is what
+//! `DELETE` with the same parameter unpins it, and `GET` lists the pins. This is what
 //! `pullthrough warm --pin` calls. `NAME` is routed like a pull through
 //! the mirror: `ghcr.io/org/app` goes to the `ghcr.io` upstream, a name
 //! without a configured registry prefix to the default one.
@@ -22,6 +22,18 @@ pub(super) async fn pin(
 ) -> Response {
     let result = pin_or_unpin(&state, &method, query.as_deref()).await;
     super::tag(super::EndpointKind::Other, result)
+}
+
+/// `GET /_pullthrough/pin`: every pin, by the digest pinned.
+pub(super) async fn pins(State(state): State<AppState>) -> Response {
+    let pins: Vec<_> = state
+        .registry
+        .pinned()
+        .into_iter()
+        .map(|(root, digests)| json!({ "pinned": root.as_str(), "digests": digests }))
+        .collect();
+    let body = json!({ "pins": pins });
+    super::tag(super::EndpointKind::Other, Ok(json_ok(&body)))
 }
 
 async fn pin_or_unpin(
@@ -62,12 +74,16 @@ async fn pin_or_unpin(
             "manifests_not_cached": missing,
         })
     };
+    Ok(json_ok(&body))
+}
+
+fn json_ok(body: &serde_json::Value) -> Response {
     let mut response = (StatusCode::OK, body.to_string()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(response)
+    response
 }
 
 /// Splits `name[:tag|@digest]` into the name and the reference; a name

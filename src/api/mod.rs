@@ -18,7 +18,7 @@ mod referrers;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
@@ -46,7 +46,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/_pullthrough/pin", post(admin::pin).delete(admin::pin))
+        .route(
+            "/_pullthrough/pin",
+            get(admin::pins).post(admin::pin).delete(admin::pin),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,

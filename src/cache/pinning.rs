@@ -75,6 +75,11 @@ impl TieredCache {
         })
     }
 
+    /// The pinned roots, each with how many digests it covers.
+    pub fn pinned(&self) -> Vec<(Digest, usize)> {
+        self.disk().evictor().pinned()
+    }
+
     /// Unpins `root`; false when it was not pinned.
     pub async fn unpin(&self, root: &Digest) -> Result<bool, CacheError> {
         let (evictor, root) = (self.disk().evictor().clone(), root.clone());

@@ -77,6 +77,12 @@ impl Registry {
         Ok(self.inner.cache.unpin(&digest).await?)
     }
 
+    /// The pinned images (by the digest pinned), each with how many
+    /// digests its pin covers.
+    pub fn pinned(&self) -> Vec<(crate::digest::Digest, usize)> {
+        self.inner.cache.pinned()
+    }
+
     /// Whether this replica can serve: its data directory takes writes
     /// and its disk is not full.
     pub async fn readiness(&self) -> Readiness {

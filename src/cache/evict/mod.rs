@@ -18,9 +18,9 @@
 //!   stay until the pull is done.
 //! - **Evicting** happens on one dedicated thread, woken when a store
 //!   passes the high watermark and every 30 s (others may fill the disk).
-//!   An object leaves the count when it is chosen, then its file is
-//!   unlinked; a reader that still has it mapped keeps reading, and its
-//!   blocks are freed when it ends.
+//!   A chosen object leaves the count once its file is unlinked; by then
+//!   no reader has it open (that would have kept it), and a store of it
+//!   meanwhile keeps it counted once.
 
 mod bounds;
 mod index;
@@ -62,9 +62,9 @@ pub struct Evictor {
     shared: Arc<Shared>,
 }
 
-/// Lock order: `index` before `pins` before `holds`; each is held for a
-/// hash probe or an in-memory pass, never across file I/O except `pins`,
-/// whose rare changes are saved under it.
+/// Lock order: `index`, then `pins`, then `holds`, then `expanded`; each
+/// is held for a hash probe or an in-memory pass, never across file I/O
+/// except `pins`, whose rare changes are saved under it.
 struct Shared {
     root: PathBuf,
     bounds: Bounds,
@@ -94,9 +94,9 @@ pub struct DiskUsage {
 
 /// What one eviction pass removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Evicted {
-    pub objects: u64,
-    pub bytes: u64,
+struct Evicted {
+    objects: u64,
+    bytes: u64,
 }
 
 impl Evictor {
@@ -230,13 +230,6 @@ impl Evictor {
             loaded: self.shared.loaded.load(Ordering::Acquire),
             limits: self.shared.bounds.limits(index.bytes(), fs),
         }
-    }
-
-    /// Runs one eviction pass now, on the calling thread (blocking file
-    /// work: call it from the file pool). Nothing is evicted before the
-    /// start-up walk ends.
-    pub fn evict_now(&self) -> Evicted {
-        self.shared.pass()
     }
 }
 
