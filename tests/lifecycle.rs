@@ -1,6 +1,7 @@
-//! A replica's life as an orchestrator sees it: `/readyz` says whether it
-//! can serve (and why not), and SIGTERM stops it within its drain bound
-//! without leaving half-written downloads behind.
+//! A replica's life as an operator and an orchestrator see it: the
+//! configuration it prints can be fed back to it, `/readyz` says whether
+//! it can serve (and why not), and SIGTERM stops it within its drain
+//! bound without leaving half-written downloads behind.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::client::Client;
 use support::hubsim::{HubSim, SimOptions};
-use support::process::Replica;
+use support::process::{Replica, run_to_end};
 use support::proxy::{self, Proxy};
 use support::random_bytes;
 
@@ -19,6 +20,33 @@ async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
+}
+
+/// `pullthrough config` with `args` and `env`; its stdout.
+async fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"));
+    command.arg("config").args(args).envs(env.iter().copied());
+    let output = run_to_end(command, Duration::from_secs(30)).await;
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_printed_configuration_is_accepted_again_without_its_secrets() {
+    let secret = [
+        ("PULLTHROUGH_UPSTREAM_DOCKER_IO_USERNAME", "robot"),
+        ("PULLTHROUGH_UPSTREAM_DOCKER_IO_PASSWORD", "hunter2"),
+    ];
+    let flags = ["--disk-max-bytes", "20GiB", "--tag-ttl", "90s"];
+    let printed = print_config(&flags, &secret).await;
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("password = \"<redacted>\""), "{printed}");
+    assert!(printed.contains("max_bytes = \"20GiB\""), "{printed}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pullthrough.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let file = file.to_str().unwrap();
+    assert_eq!(print_config(&["--config", file], &[]).await, printed);
 }
 
 #[tokio::test]
