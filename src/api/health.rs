@@ -32,7 +32,8 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let disk = json!({
         "bytes": disk.bytes,
         "objects": disk.objects,
-        "capacity_bytes": disk.limits.cap,
+        // No bound at all (`disk.max_percent = 100` and no `max_bytes`): null.
+        "capacity_bytes": (disk.limits.cap != u64::MAX).then_some(disk.limits.cap),
         "counted": disk.loaded,
     });
     let (status, body) = match readiness.not_ready {
