@@ -53,17 +53,16 @@ async fn the_printed_configuration_is_accepted_again_without_its_secrets() {
 async fn readiness_fails_with_its_reason_when_the_data_directory_takes_no_writes() {
     let sim = HubSim::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(proxy::config(&sim.registry_url, dir.path())).await;
+    let mut config = proxy::config(&sim.registry_url, dir.path());
+    config.disk.max_bytes = Some(bytesize::ByteSize::gib(1));
+    let proxy = Proxy::start(config).await;
     let (status, ready) = get_json(&format!("{}/readyz", proxy.url)).await;
     assert_eq!(
         (status, ready["status"].as_str()),
         (200, Some("ready")),
         "{ready}"
     );
-    assert!(
-        ready["disk"]["capacity_bytes"].as_u64().unwrap() > 0,
-        "{ready}"
-    );
+    assert_eq!(ready["disk"]["capacity_bytes"], 1 << 30, "{ready}");
 
     // The directory downloads go to is gone, and a file sits in its place.
     let tmp = dir.path().join("cache/tmp");
