@@ -169,3 +169,33 @@ async fn a_stream_of_images_keeps_the_cap_pins_and_the_pull_in_progress() {
     let again = admin(&restarted_client, "DELETE", &pinned_image).await;
     assert_eq!(again["unpinned"], false);
 }
+
+#[tokio::test]
+async fn the_gauges_count_what_each_tier_holds() {
+    let sim = HubSim::start().await;
+    let image = push(&sim, "library/counted", 7);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(proxy::config(&sim.registry_url, dir.path())).await;
+    proxy.disk_counted().await;
+    let client = Client::new(&proxy.url);
+    client.pull("library/counted", "v1").await;
+    let config_size = blob_size(&client, "library/counted", &image.config_digest).await;
+    // The manifest with its media type, the config and two layers.
+    let media_type = "application/vnd.docker.distribution.manifest.v2+json".len() as u64;
+    let bytes = image.manifest.len() as u64 + media_type + config_size + 2 * LAYER as u64;
+    support::wait_until_async(async || proxy.disk().await.objects == 4).await;
+    assert_eq!(proxy.disk().await.bytes, bytes);
+    let text = client.get("/metrics").await.body;
+    let text = String::from_utf8_lossy(&text);
+    let gauge = |name, tier| support::metric_sum(&text, name, &[("tier", tier)]);
+    assert_eq!(gauge("pullthrough_cache_bytes", "disk"), bytes as f64);
+    assert_eq!(gauge("pullthrough_cache_objects", "disk"), 4.0);
+    // Everything is under the memory tier's 1 MiB object limit.
+    assert_eq!(gauge("pullthrough_cache_objects", "memory"), 4.0);
+    assert!(gauge("pullthrough_cache_bytes", "memory") >= (bytes - media_type) as f64);
+}
+
+/// The size of a blob, as the mirror serves it.
+async fn blob_size(client: &Client, repo: &str, digest: &str) -> u64 {
+    client.blob(repo, digest).await.unwrap().body.len() as u64
+}

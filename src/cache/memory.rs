@@ -38,8 +38,10 @@ impl MemoryTier {
         size <= self.max_object_bytes
     }
 
-    /// Bytes (with per-object overhead) and objects held, as last counted.
+    /// Bytes (with per-object overhead) and objects held. Settles moka's
+    /// pending bookkeeping first, so a scrape sees every insert so far.
     pub fn held(&self) -> (u64, u64) {
+        self.objects.run_pending_tasks();
         (self.objects.weighted_size(), self.objects.entry_count())
     }
 
