@@ -12,11 +12,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+
+mod disk;
+mod render;
+
+pub use disk::DiskConfig;
+use serde::{Deserialize, Serialize};
 
 mod budget;
+mod resilience;
 
 pub use budget::BudgetConfig;
+pub use resilience::ResilienceConfig;
 
 /// The name of the upstream that plain `/v2/<name>` requests go to.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -34,7 +41,7 @@ pub const BUILT_IN_UPSTREAMS: [(&str, &str); 7] = [
 ];
 
 /// The whole configuration of one pullthrough process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address the registry API listens on.
@@ -52,6 +59,8 @@ pub struct Config {
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
     pub memory: MemoryConfig,
+    /// The disk tier's bounds.
+    pub disk: DiskConfig,
     pub timeouts: TimeoutConfig,
     /// Retries, resumes, circuit breakers and fetch limits per upstream.
     pub resilience: ResilienceConfig,
@@ -64,19 +73,21 @@ pub struct Config {
 }
 
 /// The in-memory tier, for manifests and small blobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Total bytes held; zero turns the tier off.
+    #[serde(serialize_with = "render::exact_size")]
     pub max_bytes: ByteSize,
     /// Objects larger than this are served from disk only.
+    #[serde(serialize_with = "render::exact_size")]
     pub max_object_bytes: ByteSize,
 }
 
 /// The shared tier: one bucket for every replica. Credentials come from the
 /// standard AWS chain (environment, profile, ECS task role, IMDS), never
 /// from this file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// The bucket; empty turns the tier off.
@@ -93,6 +104,7 @@ pub struct S3Config {
     pub timeout: Duration,
     /// Blobs are read in ranged GETs of this size: one connection to S3 is
     /// far slower than several.
+    #[serde(serialize_with = "render::exact_size")]
     pub read_part_size: ByteSize,
     /// Ranged GETs in flight for one blob; memory per read is bounded by
     /// this times `read_part_size`.
@@ -127,7 +139,7 @@ impl S3Config {
 }
 
 /// Bounds on every upstream exchange.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     /// TCP and TLS connection set-up.
@@ -141,48 +153,8 @@ pub struct TimeoutConfig {
     pub request: Duration,
 }
 
-/// How each upstream's failures are absorbed: transient failures are
-/// retried, interrupted blob bodies resumed, a dead upstream is cut off by
-/// its circuit breaker, and distinct fetches are bounded per upstream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResilienceConfig {
-    /// Tries per idempotent upstream request, the first included; 1 turns
-    /// retries off.
-    pub attempts: u32,
-    /// The first retry waits up to this long (full jitter), doubling after.
-    #[serde(with = "humantime_serde")]
-    pub backoff_base: Duration,
-    /// No retry waits longer than this.
-    #[serde(with = "humantime_serde")]
-    pub backoff_cap: Duration,
-    /// Resumes with `Range` allowed per interrupted blob download.
-    pub max_resumes: u32,
-    /// Consecutive failures (connect, timeout, 5xx) that open an upstream's circuit.
-    pub circuit_failures: u32,
-    /// How long an open circuit fails requests at once before one probe.
-    #[serde(with = "humantime_serde")]
-    pub circuit_cooldown: Duration,
-    /// Distinct upstream fetches at once per upstream; more wait in order.
-    pub max_concurrent_fetches: usize,
-}
-
-impl Default for ResilienceConfig {
-    fn default() -> Self {
-        ResilienceConfig {
-            attempts: 3,
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(2),
-            max_resumes: 3,
-            circuit_failures: 5,
-            circuit_cooldown: Duration::from_secs(30),
-            max_concurrent_fetches: 64,
-        }
-    }
-}
-
 /// One upstream registry, configured as a value.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Base URL, such as `https://registry-1.docker.io`; http is allowed for local registries.
@@ -201,19 +173,23 @@ fn yes() -> bool {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// A credential that never appears in `Debug` output or logs.
+/// A credential that never appears in `Debug` output, logs or a printed
+/// configuration (it serializes as [`Secret::REDACTED`]).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
+    /// What a printed configuration shows instead of a credential.
+    pub const REDACTED: &str = "<redacted>";
+
     /// Wraps a credential.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
@@ -222,6 +198,12 @@ impl Secret {
     /// The credential itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Secret::REDACTED)
     }
 }
 
@@ -245,6 +227,7 @@ impl Default for Config {
             default_upstream: DOCKER_HUB.to_owned(),
             log_format: LogFormat::Text,
             memory: MemoryConfig::default(),
+            disk: DiskConfig::default(),
             timeouts: TimeoutConfig::default(),
             resilience: ResilienceConfig::default(),
             s3: S3Config::default(),
@@ -295,6 +278,8 @@ pub struct Overrides {
     pub tag_ttl: Option<Duration>,
     pub upstreams: Vec<(String, String)>,
     pub memory_max_bytes: Option<ByteSize>,
+    pub disk_max_bytes: Option<ByteSize>,
+    pub disk_max_percent: Option<u8>,
     pub log_format: Option<LogFormat>,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
@@ -323,7 +308,7 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -378,6 +363,12 @@ impl Config {
         }
         if let Some(v) = o.memory_max_bytes {
             self.memory.max_bytes = v;
+        }
+        if o.disk_max_bytes.is_some() {
+            self.disk.max_bytes = o.disk_max_bytes;
+        }
+        if let Some(v) = o.disk_max_percent {
+            self.disk.max_percent = v;
         }
         if let Some(v) = o.log_format {
             self.log_format = v;
@@ -443,6 +434,7 @@ impl Config {
                 "must not exceed memory.max_bytes",
             ));
         }
+        self.disk.validate()?;
         for (field, value) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.read", self.timeouts.read),
@@ -504,39 +496,6 @@ impl Config {
             .get(name)
             .and_then(|u| u.tag_ttl)
             .unwrap_or(self.tag_ttl)
-    }
-}
-
-impl ResilienceConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        for (field, value) in [
-            ("resilience.attempts", self.attempts as usize),
-            (
-                "resilience.circuit_failures",
-                self.circuit_failures as usize,
-            ),
-            (
-                "resilience.max_concurrent_fetches",
-                self.max_concurrent_fetches,
-            ),
-        ] {
-            if value == 0 {
-                return Err(invalid(field, "must be at least 1"));
-            }
-        }
-        if self.backoff_base > self.backoff_cap {
-            return Err(invalid(
-                "resilience.backoff_base",
-                "must not exceed resilience.backoff_cap",
-            ));
-        }
-        if self.circuit_cooldown.is_zero() {
-            return Err(invalid(
-                "resilience.circuit_cooldown",
-                "must be greater than zero",
-            ));
-        }
-        Ok(())
     }
 }
 

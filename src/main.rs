@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Serve the registry mirror.
     Serve(ServeArgs),
-    /// Print the effective configuration (credentials hidden) and exit.
+    /// Print the effective configuration as TOML (credentials redacted) and exit.
     Config(ServeArgs),
 }
 
@@ -51,6 +51,12 @@ struct ServeArgs {
     /// Size of the memory tier, such as 256MiB [default: 256MiB].
     #[arg(long, env = "PULLTHROUGH_MEMORY_MAX_BYTES")]
     memory_max_bytes: Option<ByteSize>,
+    /// Cap on the disk tier's bytes, such as 20GiB [default: none, only --disk-max-percent].
+    #[arg(long, env = "PULLTHROUGH_DISK_MAX_BYTES")]
+    disk_max_bytes: Option<ByteSize>,
+    /// Keep the data directory's file system at most this percent full [default: 80].
+    #[arg(long, env = "PULLTHROUGH_DISK_MAX_PERCENT")]
+    disk_max_percent: Option<u8>,
     /// Log line format [default: text].
     #[arg(long, env = "PULLTHROUGH_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -88,6 +94,8 @@ impl ServeArgs {
             tag_ttl: self.tag_ttl,
             upstreams: self.upstreams,
             memory_max_bytes: self.memory_max_bytes,
+            disk_max_bytes: self.disk_max_bytes,
+            disk_max_percent: self.disk_max_percent,
             log_format: self.log_format,
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
@@ -116,8 +124,16 @@ fn main() -> ExitCode {
         }
     };
     if !serve {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
+        return match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pullthrough: cannot print the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let _log_guard = init_logging(config.log_format);
     raise_open_file_limit();
@@ -129,7 +145,16 @@ fn main() -> ExitCode {
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(serve_until_signal(config)) {
+    let served = runtime.block_on(serve_until_signal(&config));
+    // Downloads cut off by the drain still hold a thread or a task: they
+    // stop with the runtime, and only then is `tmp/` certainly idle.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match server::clear_unfinished_downloads(&config) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "cleared unfinished downloads"),
+        Err(e) => tracing::warn!(error = %e, "could not clear unfinished downloads"),
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -152,9 +177,11 @@ fn raise_open_file_limit() {
 /// The most threads tokio may start for blocking work.
 const BLOCKING_THREADS: usize = 32;
 
-async fn serve_until_signal(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let state = server::build_state(&config).await?;
-    let listener = server::bind(&config).await?;
+async fn serve_until_signal(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = server::bind(config).await?;
+    let starting = server::serve_while_starting(&listener)?;
+    let state = server::build_state(config).await?;
+    starting.finish().await;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),

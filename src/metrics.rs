@@ -53,6 +53,59 @@ pub struct Collectors {
     pub upstream_waiting: IntGaugeVec,
     /// Objects a cache tier could not take, by tier and reason.
     pub cache_store_failures: IntCounterVec,
+    /// Size, bounds and evictions of the cache tiers.
+    pub cache: CacheCollectors,
+}
+
+/// The cache tiers' size and evictions, labelled by `tier`.
+pub struct CacheCollectors {
+    /// Bytes held.
+    pub bytes: IntGaugeVec,
+    /// Objects held.
+    pub objects: IntGaugeVec,
+    /// Bytes the tier may hold now (the disk tier's cap).
+    pub capacity: IntGaugeVec,
+    /// Objects evicted to keep the tier within its bounds.
+    pub evictions: IntCounterVec,
+    /// Bytes of the objects evicted.
+    pub evicted_bytes: IntCounterVec,
+}
+
+impl CacheCollectors {
+    fn register(registry: &Registry) -> Self {
+        CacheCollectors {
+            bytes: gauge(
+                registry,
+                "pullthrough_cache_bytes",
+                "Bytes held by each cache tier.",
+                &["tier"],
+            ),
+            objects: gauge(
+                registry,
+                "pullthrough_cache_objects",
+                "Objects held by each cache tier.",
+                &["tier"],
+            ),
+            capacity: gauge(
+                registry,
+                "pullthrough_cache_capacity_bytes",
+                "Bytes each cache tier may hold now; eviction keeps it below.",
+                &["tier"],
+            ),
+            evictions: counter(
+                registry,
+                "pullthrough_cache_evictions_total",
+                "Objects evicted to keep a cache tier within its bounds.",
+                &["tier"],
+            ),
+            evicted_bytes: counter(
+                registry,
+                "pullthrough_cache_evicted_bytes_total",
+                "Bytes of the objects evicted from each cache tier.",
+                &["tier"],
+            ),
+        }
+    }
 }
 
 impl std::ops::Deref for Metrics {
@@ -202,6 +255,7 @@ impl Metrics {
             "Downloads a cache tier could not hold (streamed through uncached), by tier and reason.",
             &["tier", "reason"],
         );
+        let cache = CacheCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -222,6 +276,7 @@ impl Metrics {
             circuit_state,
             upstream_waiting,
             cache_store_failures,
+            cache,
         }))
     }
 

@@ -1,5 +1,6 @@
-//! Start-up and serving: builds the state from a [`Config`], then serves
-//! the API on a listener until shutdown.
+//! Start-up and serving: binds the listener and answers health checks on
+//! it while the state is built from a [`Config`], then serves the API until
+//! shutdown, drains, and clears unfinished downloads.
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,9 +9,10 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, router, starting_router};
 use std::sync::Arc;
 
+use crate::cache::evict::Bounds;
 use crate::cache::{CacheError, DiskTier, MemoryTier, S3StartError, S3Tier, TieredCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -45,13 +47,15 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.memory.max_bytes.as_u64(),
         config.memory.max_object_bytes.as_u64(),
     );
-    let disk = DiskTier::open(&config.data_dir.join("cache"))?;
+    let bounds = Bounds::new(&config.disk);
+    let disk = DiskTier::open_bounded(&config.data_dir.join("cache"), bounds, metrics.clone())?;
     let cache = TieredCache::new(memory, disk, shared);
     cache.spawn_catch_up();
     let upstreams = Upstreams::from_config(config, &metrics)?;
     upstreams.spawn_budget_probes(config.budget.probe_interval);
     let registry = Registry::new(upstreams, cache, config, metrics.clone())?;
     registry.spawn_budget_sharing(config.budget.share_interval);
+    registry.limit_tag_records(config.disk.max_tag_records);
     Ok(AppState { registry, metrics })
 }
 
@@ -63,6 +67,46 @@ pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
             addr: config.listen,
             source,
         })
+}
+
+/// Health checks answered while the state is being built; see
+/// [`serve_while_starting`].
+pub struct Starting {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Answers `/healthz` (alive) and `/readyz` (503, starting) on a second
+/// handle of `listener` until [`Starting::finish`], so a load balancer
+/// sees a starting replica as alive but not ready rather than as dead.
+pub fn serve_while_starting(listener: &TcpListener) -> std::io::Result<Starting> {
+    use std::os::fd::AsFd;
+    let copy = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    copy.set_nonblocking(true)?;
+    let copy = TcpListener::from_std(copy)?;
+    let stop = CancellationToken::new();
+    let serve = axum::serve(copy, starting_router())
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future();
+    Ok(Starting {
+        stop,
+        task: tokio::spawn(serve),
+    })
+}
+
+impl Starting {
+    /// Stops answering; health checks in flight finish first, for at most
+    /// a second (the listener itself stays open for the API).
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
+    }
+}
+
+/// Deletes the unfinished downloads left in the data directory: call it
+/// once nothing runs any more (after the runtime shut down).
+pub fn clear_unfinished_downloads(config: &Config) -> Result<usize, CacheError> {
+    DiskTier::clear_temp(&config.data_dir.join("cache"))
 }
 
 /// How long requests in flight may run on after shutdown was asked for; a

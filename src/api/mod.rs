@@ -1,5 +1,5 @@
 //! The HTTP API: the OCI distribution pull endpoints under `/v2/`, plus
-//! `/metrics` and `/healthz`.
+//! `/metrics`, `/healthz`, `/readyz` and the operators' `/_pullthrough/pin`.
 //!
 //! Handlers only extract, delegate to the [`Registry`] and shape the
 //! response. Every response passes through [`access::record`], which writes
@@ -7,9 +7,11 @@
 //! [`Outcome`](crate::registry::Outcome) the handler attached.
 
 mod access;
+mod admin;
 mod blobs;
 mod client;
 mod error;
+mod health;
 mod manifests;
 mod range;
 mod referrers;
@@ -22,6 +24,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
 pub use error::ApiError;
+pub use health::starting_router;
 pub use range::ByteRange;
 
 use crate::metrics::Metrics;
@@ -42,7 +45,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(dispatch_base))
         .route("/v2/{*rest}", any(dispatch))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(health))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/_pullthrough/pin",
+            get(admin::pins).post(admin::pin).delete(admin::pin),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,
@@ -51,25 +59,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.registry.refresh_cache_gauges();
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-/// Liveness and the shared tier's state. Degraded still answers 200: the
-/// replica serves from its local tiers and upstream, and must stay in the
-/// load balancer.
-async fn health(State(state): State<AppState>) -> Response {
-    let s3 = state.registry.shared_tier_state();
-    let status = if s3 == "degraded" { "degraded" } else { "ok" };
-    let body = serde_json::json!({ "status": status, "s3": s3 }).to_string();
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
     );
     response
 }

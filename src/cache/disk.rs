@@ -6,25 +6,35 @@
 //! racing writer got there first), after which the directory is fsynced.
 //! A crash leaves at most an orphan in `tmp/`, which start-up deletes; a
 //! final name always holds a whole, verified object.
+//!
+//! Every store and hit is reported to the tier's [`Evictor`], which keeps
+//! the tier within its bounds. Readers of one object share one open file,
+//! which marks the object in use for as long as any of them reads.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
+use super::evict::{Bounds, Evictor};
+use super::probe::DiskProbe;
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
     blocking,
 };
+use crate::metrics::Metrics;
 
 /// Manifests keep their media type in a file beside them with this suffix.
-const MEDIA_TYPE_SUFFIX: &str = ".type";
+pub(super) const MEDIA_TYPE_SUFFIX: &str = ".type";
 
 /// Objects on the local file system.
 pub struct DiskTier {
     root: PathBuf,
     tmp: PathBuf,
+    evictor: Evictor,
+    probe: DiskProbe,
 }
 
 /// Numbers temporary files uniquely within this process.
@@ -76,18 +86,60 @@ async fn on_pool<T: Send + 'static>(
 }
 
 impl DiskTier {
-    /// Opens (creating) the tier under `root` and deletes leftovers of
-    /// writes a crash interrupted.
+    /// Opens (creating) the tier under `root` without bounds, and deletes
+    /// leftovers of writes a crash interrupted.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
+        DiskTier::open_bounded(root, Bounds::unbounded(), Metrics::new())
+    }
+
+    /// Opens the tier under `root`, kept within `bounds` (see `evict`);
+    /// its size and evictions are reported in `metrics`. Returns at once:
+    /// the files already there are counted in the background.
+    pub fn open_bounded(root: &Path, bounds: Bounds, metrics: Metrics) -> Result<Self, CacheError> {
         let tmp = root.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_error(format!("clearing {}", tmp.display())))?;
         }
         fs::create_dir_all(&tmp).map_err(io_error(format!("creating {}", tmp.display())))?;
+        let evictor = Evictor::start(root, bounds, metrics).map_err(io_error(format!(
+            "starting the accounting of {}",
+            root.display()
+        )))?;
         Ok(DiskTier {
             root: root.to_owned(),
+            probe: DiskProbe::new(tmp.clone()),
             tmp,
+            evictor,
         })
+    }
+
+    /// The tier's accounting, pins and holds.
+    pub fn evictor(&self) -> &Evictor {
+        &self.evictor
+    }
+
+    /// Whether the tier can take writes, probed now and then.
+    pub fn probe(&self) -> &DiskProbe {
+        &self.probe
+    }
+
+    /// Deletes every temporary file of the tier under `root`: at shutdown,
+    /// once downloads stopped, so that a stopped replica leaves nothing
+    /// half-written behind. Returns how many there were.
+    pub fn clear_temp(root: &Path) -> Result<usize, CacheError> {
+        let tmp = root.join("tmp");
+        let entries = match fs::read_dir(&tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_error(format!("listing {}", tmp.display()))(e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The directory the tier lives in.
@@ -111,12 +163,22 @@ impl DiskTier {
         .await
     }
 
-    fn lookup_blocking(root: &Path, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
+    fn lookup_blocking(
+        root: &Path,
+        evictor: &Evictor,
+        key: &ObjectKey,
+    ) -> Result<Option<Object>, CacheError> {
         let path = root.join(super::object_path(key));
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(format!("opening {}", path.display()))(e)),
+        let file = match evictor.open_file(key) {
+            Some(file) => file,
+            None => match File::open(&path) {
+                Ok(file) => Arc::new(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    evictor.forget(key);
+                    return Ok(None);
+                }
+                Err(e) => return Err(io_error(format!("opening {}", path.display()))(e)),
+            },
         };
         let size = file
             .metadata()
@@ -128,10 +190,15 @@ impl DiskTier {
                 io_error(format!("reading the media type of {}", path.display())),
             )?),
         };
+        let on_disk = size + media_type.as_ref().map_or(0, |t| t.len() as u64);
+        if evictor.hit(key, &file, on_disk) {
+            // The last access, kept where a restart finds it (see `evict`).
+            let _ = file.set_modified(SystemTime::now());
+        }
         let meta = ObjectMeta { size, media_type };
         Ok(Some(Object {
             meta,
-            content: Content::File(Arc::new(file)),
+            content: Content::File(file),
         }))
     }
 }
@@ -152,7 +219,12 @@ fn create_temp_in(tmp: &Path) -> Result<TempFile, CacheError> {
 }
 
 impl DiskTier {
-    fn store_blocking(root: &Path, tmp: &Path, object: &Verified) -> Result<(), CacheError> {
+    fn store_blocking(
+        root: &Path,
+        tmp: &Path,
+        evictor: &Evictor,
+        object: &Verified,
+    ) -> Result<(), CacheError> {
         let target = root.join(super::object_path(object.key()));
         let dir = target.parent().expect("object paths have a parent");
         fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
@@ -179,11 +251,16 @@ impl DiskTier {
         }
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_error(format!("syncing {}", dir.display())))
+            .map_err(io_error(format!("syncing {}", dir.display())))?;
+        let media_type = object.meta().media_type.as_ref();
+        let on_disk = object.meta().size + media_type.map_or(0, |t| t.len() as u64);
+        evictor.stored(object.key(), on_disk);
+        Ok(())
     }
 }
 
-fn media_type_path(object: &Path) -> PathBuf {
+/// Where a manifest's media type is kept, beside it.
+pub(super) fn media_type_path(object: &Path) -> PathBuf {
     let mut name = object.as_os_str().to_owned();
     name.push(MEDIA_TYPE_SUFFIX);
     PathBuf::from(name)
@@ -216,14 +293,14 @@ impl Tier for DiskTier {
     }
 
     async fn lookup(&self, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
-        let root = self.root.clone();
-        let key = key.clone();
-        on_pool(move || DiskTier::lookup_blocking(&root, &key)).await
+        let (root, evictor, key) = (self.root.clone(), self.evictor.clone(), key.clone());
+        on_pool(move || DiskTier::lookup_blocking(&root, &evictor, &key)).await
     }
 
     async fn store(&self, object: &Verified) -> Result<(), CacheError> {
         let (root, tmp, object) = (self.root.clone(), self.tmp.clone(), object.clone());
-        on_pool(move || DiskTier::store_blocking(&root, &tmp, &object)).await
+        let evictor = self.evictor.clone();
+        on_pool(move || DiskTier::store_blocking(&root, &tmp, &evictor, &object)).await
     }
 }
 

@@ -38,6 +38,13 @@ impl MemoryTier {
         size <= self.max_object_bytes
     }
 
+    /// Bytes (with per-object overhead) and objects held. Settles moka's
+    /// pending bookkeeping first, so a scrape sees every insert so far.
+    pub fn held(&self) -> (u64, u64) {
+        self.objects.run_pending_tasks();
+        (self.objects.weighted_size(), self.objects.entry_count())
+    }
+
     /// A synchronous lookup for the hot path: no future, no allocation.
     pub fn get(&self, key: &ObjectKey) -> Option<Object> {
         self.objects.get(key).map(|(meta, bytes)| Object {

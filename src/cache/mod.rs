@@ -9,8 +9,11 @@
 
 pub mod blocking;
 mod disk;
+pub mod evict;
 mod flight;
 mod memory;
+mod pinning;
+mod probe;
 mod read;
 mod s3;
 mod tiered;
@@ -26,6 +29,7 @@ use bytes::Bytes;
 pub use disk::{DiskTier, TempFile};
 pub use flight::{Flight, FlightError, Flights, Origin, Source, SourceError};
 pub use memory::MemoryTier;
+pub use pinning::Pinned;
 pub use read::{ByteStream, read_whole};
 pub use s3::{S3StartError, S3Tier};
 pub use tiered::TieredCache;
@@ -225,12 +229,17 @@ pub trait Tier: Send + Sync {
 /// Where the disk tier keeps an object, relative to its root:
 /// `blobs/sha256/ab/<hex>` or `manifests/sha256/ab/<hex>`.
 pub fn object_path(key: &ObjectKey) -> PathBuf {
-    let kind = match key.kind {
-        ObjectKind::Manifest => "manifests",
-        ObjectKind::Blob => "blobs",
-    };
+    let kind = object_path_kind(key.kind);
     let hex = key.digest.hex();
     [kind, key.digest.algorithm().as_str(), &hex[..2], hex]
         .iter()
         .collect()
+}
+
+/// The directory of the disk tier that holds objects of `kind`.
+fn object_path_kind(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Manifest => "manifests",
+        ObjectKind::Blob => "blobs",
+    }
 }

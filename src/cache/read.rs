@@ -44,8 +44,10 @@ pub async fn read_whole(file: Arc<File>, size: u64) -> io::Result<Bytes> {
 
 /// Maps the first `len` bytes of a file. The file must be at least `len`
 /// bytes long and never be truncated while the map lives: cached files and
-/// downloads are only ever written and unlinked, never shortened.
-pub fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
+/// downloads are only ever written and unlinked, never shortened. The map
+/// keeps `file` open, so the disk tier sees a cached object in use until
+/// the last slice of it is dropped (see `evict`).
+pub fn map_file(file: &Arc<File>, len: u64) -> io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -57,10 +59,25 @@ pub fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
     let map = unsafe {
         memmap2::MmapOptions::new()
             .len(usize::try_from(len).map_err(io::Error::other)?)
-            .map(file)?
+            .map(&**file)?
     };
     let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(Bytes::from_owner(map))
+    Ok(Bytes::from_owner(Mapped {
+        map,
+        _file: file.clone(),
+    }))
+}
+
+/// A map and the open file it came from, alive as long as any slice.
+struct Mapped {
+    map: memmap2::Mmap,
+    _file: Arc<File>,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
 }
 
 /// Streams bytes `start..end` of a download as its `progress` allows
@@ -143,6 +160,7 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         f.write_all(&data).unwrap();
+        let f = Arc::new(f);
         assert_eq!(map_file(&f, 3_000_000).unwrap(), data);
         assert_eq!(read_all(&f, 3_000_000).unwrap(), data);
         assert_eq!(map_file(&f, 0).unwrap().len(), 0);

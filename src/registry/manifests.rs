@@ -43,7 +43,8 @@ pub(super) fn is_not_a_manifest(e: &RegistryError) -> bool {
 
 impl Registry {
     /// Answers a manifest GET (`want_body`) or HEAD for `client`, whose
-    /// fair share pays for any pull this costs.
+    /// fair share pays for any pull this costs, and protects what it served
+    /// from eviction while the client pulls (see `ops`).
     pub async fn manifest(
         &self,
         upstream: &Arc<Upstream>,
@@ -53,16 +54,19 @@ impl Registry {
         want_body: bool,
         client: &ClientId,
     ) -> Result<ManifestReply, RegistryError> {
-        let reply = match reference {
-            Reference::Digest(digest) => {
+        let (reply, tag_ttl) = match reference {
+            Reference::Digest(digest) => (
                 self.manifest_by_digest(upstream, repo, digest, want_body, client)
-                    .await
-            }
-            Reference::Tag(tag) => {
+                    .await?,
+                None,
+            ),
+            Reference::Tag(tag) => (
                 self.manifest_by_tag(upstream, repo, tag, *accept, want_body, client)
-                    .await
-            }
-        }?;
+                    .await?,
+                Some(upstream.tag_ttl()),
+            ),
+        };
+        self.protect_pulled(&reply, tag_ttl);
         if want_body {
             self.count_pull_avoided(upstream, reply.outcome);
         }

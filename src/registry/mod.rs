@@ -11,8 +11,10 @@ mod budget_share;
 #[cfg(test)]
 mod handoff_tests;
 mod manifests;
+mod ops;
 mod referrers;
 mod share;
+mod tag_prune;
 mod tag_store;
 mod tagged;
 mod tags;
@@ -24,6 +26,7 @@ pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
 pub use manifests::ManifestReply;
+pub use ops::{PinReport, Readiness};
 pub use referrers::{ReferrersReply, fallback_tag};
 pub use share::ClientId;
 pub use tag_store::TagStore;

@@ -5,11 +5,15 @@
 //! either; restarts keep serving (stale if upstream is down). The shared
 //! tier holds the same file under `tags/by-tag/`, where every replica sees
 //! the others' revalidations. Earlier versions kept one file per tag *and*
-//! `Accept` list directly under `<dir>`; those are removed at open.
+//! `Accept` list directly under `<dir>`; those are removed at open. The
+//! files on disk are bounded (see `tag_prune`): the store prunes them in
+//! the background at its first update and every twentieth of its limit
+//! after.
 
 use crate::cache::blocking;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use moka::sync::Cache;
 
@@ -19,6 +23,9 @@ use crate::cache::S3Tier;
 /// Tag entries kept in memory; the disk holds every one.
 const MEMORY_ENTRIES: u64 = 100_000;
 
+/// Tag records kept on disk unless [`TagStore::limit`] says otherwise.
+const DEFAULT_MAX_RECORDS: u64 = 100_000;
+
 /// The subdirectory (and shared-tier prefix) of the per-tag files.
 const BY_TAG: &str = "by-tag";
 
@@ -27,6 +34,10 @@ pub struct TagStore {
     memory: Cache<TagKey, TagEntry>,
     dir: PathBuf,
     shared: Option<Arc<S3Tier>>,
+    /// Most records kept on disk.
+    max_records: AtomicU64,
+    /// Updates so far, which pace the pruning.
+    updates: AtomicU64,
 }
 
 impl TagStore {
@@ -45,7 +56,30 @@ impl TagStore {
             memory: Cache::new(MEMORY_ENTRIES),
             dir: files,
             shared,
+            max_records: AtomicU64::new(DEFAULT_MAX_RECORDS),
+            updates: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps at most `max` records on disk from now on.
+    pub fn limit(&self, max: u64) {
+        self.max_records.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Prunes the records on disk in the background at the first update
+    /// and every twentieth of the limit after.
+    fn prune_in_turn(&self) {
+        let max = self.max_records.load(Ordering::Relaxed);
+        let updates = self.updates.fetch_add(1, Ordering::Relaxed);
+        if !updates.is_multiple_of((max / 20).max(1)) {
+            return;
+        }
+        let dir = self.dir.clone();
+        blocking::detach(move || match super::tag_prune::prune(&dir, max) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "dropped the least recently used tag records"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the tag records"),
+        });
     }
 
     /// The entry for `key` from memory, else from disk, else from the
@@ -113,6 +147,7 @@ impl TagStore {
                 entry
             })
             .into_value();
+        self.prune_in_turn();
         let name = key.file_name();
         if let Some(shared) = self.shared.clone() {
             let object = shared.tag_key(&format!("{BY_TAG}/{name}"));
@@ -229,6 +264,41 @@ mod tests {
         let forgotten = reopened.update(&key(), |e| e.forget(V2));
         assert!(forgotten.records.is_empty());
         assert!(written(dir.path(), &forgotten).await);
+    }
+
+    #[tokio::test]
+    async fn records_on_disk_stay_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TagStore::open(dir.path(), None).unwrap();
+        store.limit(10);
+        for n in 0..30 {
+            let key = TagKey {
+                tag: format!("t{n}"),
+                ..key()
+            };
+            store.update(&key, |e| e.keep(record(n), AcceptSet::of(&[V2]), None));
+            // Distinct mtimes, so "least recently written" is well defined.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let newest = dir.path().join(BY_TAG).join(
+            TagKey {
+                tag: "t29".into(),
+                ..key()
+            }
+            .file_name(),
+        );
+        let files = || std::fs::read_dir(dir.path().join(BY_TAG)).unwrap().count();
+        for _ in 0..100 {
+            if files() <= 10 && newest.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{} records on disk; newest kept: {}",
+            files(),
+            newest.exists()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -35,13 +35,16 @@ pub fn serve_command(
         .arg(format!("docker.io={upstream_url}"))
         .args(extra)
         .env("PULLTHROUGH_LOG", "warn")
+        // How full the test machine's disk is must not evict anything.
+        .env("PULLTHROUGH_DISK_MAX_PERCENT", "100")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(env.iter().copied());
     (command, port)
 }
 
 impl Replica {
-    /// Starts a replica and waits until it answers `/healthz`.
+    /// Starts a replica and waits until `/readyz` says it serves (a
+    /// starting replica already answers `/healthz`).
     pub async fn start(
         upstream_url: &str,
         data_dir: &Path,
@@ -57,7 +60,7 @@ impl Replica {
             child,
         };
         for _ in 0..200 {
-            if replica.health().await.is_some() {
+            if replica.ready().await == Some(200) {
                 return replica;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -66,6 +69,32 @@ impl Replica {
             "pullthrough did not come up: {}",
             std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
         );
+    }
+
+    /// The status of `/readyz`, if it answers.
+    pub async fn ready(&self) -> Option<u16> {
+        let response = reqwest::get(format!("{}/readyz", self.url)).await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// The process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or
+    /// `None` if it still runs.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The `/healthz` JSON, if it answers.

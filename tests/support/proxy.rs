@@ -21,6 +21,8 @@ pub struct Proxy {
 }
 
 /// A configuration with `upstream_url` as docker.io and short timeouts.
+/// The disk tier has no percentage cap: how full the test machine's disk
+/// is must not decide what a test finds cached.
 pub fn config(upstream_url: &str, data_dir: &Path) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -33,6 +35,7 @@ pub fn config(upstream_url: &str, data_dir: &Path) -> Config {
     config.timeouts.connect = Duration::from_secs(2);
     config.timeouts.read = Duration::from_secs(5);
     config.timeouts.request = Duration::from_secs(5);
+    config.disk.max_percent = 100;
     config
 }
 
@@ -103,6 +106,25 @@ impl Proxy {
         }
         let root = self.data_dir.join("cache");
         count(&root.join("blobs")) + count(&root.join("manifests"))
+    }
+}
+
+impl Proxy {
+    /// The disk tier's size and bounds, as `/readyz` reports them.
+    pub async fn disk(&self) -> pullthrough::cache::evict::DiskUsage {
+        self.state.registry.readiness().await.disk
+    }
+
+    /// Waits until the disk tier has counted the files it started with.
+    pub async fn disk_counted(&self) {
+        super::wait_until_async(async || self.disk().await.loaded).await;
+    }
+
+    /// Whether the disk tier holds the blob `digest` (`sha256:<hex>`).
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let path = self.data_dir.join("cache/blobs/sha256").join(&hex[..2]);
+        path.join(hex).exists()
     }
 }
 
