@@ -147,7 +147,8 @@ async fn a_replica_with_the_compose_environment_passes_its_health_check() {
     );
     let printed = String::from_utf8_lossy(&printed.stdout);
     assert!(
-        printed.contains("bucket: \"pullthrough-cache\"") && printed.contains("prefix: \"cache/\""),
+        printed.contains("bucket = \"pullthrough-cache\"")
+            && printed.contains("prefix = \"cache/\""),
         "{printed}"
     );
 

@@ -165,4 +165,18 @@ mod tests {
         assert_eq!(read_all(&f, 3_000_000).unwrap(), data);
         assert_eq!(map_file(&f, 0).unwrap().len(), 0);
     }
+
+    #[test]
+    fn a_map_keeps_its_file_open_until_its_last_slice_goes() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[7; 4096]).unwrap();
+        let f = Arc::new(f);
+        let open = Arc::downgrade(&f);
+        let slice = map_file(&f, 4096).unwrap().slice(100..200);
+        drop(f);
+        assert!(open.upgrade().is_some(), "the disk tier sees it in use");
+        assert_eq!(slice, vec![7; 100]);
+        drop(slice);
+        assert!(open.upgrade().is_none());
+    }
 }
