@@ -280,7 +280,7 @@ async fn a_low_budget_is_probed_for_free_until_it_recovers() {
 #[tokio::test]
 async fn replicas_share_what_they_know_of_the_budget() {
     use support::process::Replica;
-    use support::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+    use support::s3::{S3Server, SECRET_KEY, aws_env};
 
     let sim = HubSim::start_with(SimOptions {
         rate_limit: Some(1),
@@ -296,11 +296,7 @@ async fn replicas_share_what_they_know_of_the_budget() {
         "[budget]\nshare_interval = \"200ms\"\nclient_share_percent = 0\n",
     )
     .unwrap();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-        ("AWS_REGION", REGION),
-    ];
+    let env = aws_env(SECRET_KEY);
     let flags = [
         "--config",
         file.to_str().unwrap(),

@@ -14,19 +14,11 @@ use support::client::Client;
 use support::hubsim::HubSim;
 use support::process::{Replica, run_to_end, serve_command};
 use support::rangeless::RangelessS3;
-use support::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+use support::s3::{S3Server, SECRET_KEY, aws_env};
 use support::{random_bytes, sha256_digest, wait_until_async};
 
 const BUCKET: &str = "pullthrough-cache";
 const PREFIX: &str = "cluster-a/";
-
-fn aws_env(secret: &'static str) -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", secret),
-        ("AWS_REGION", REGION),
-    ]
-}
 
 /// A replica on the shared bucket, with its own data directory.
 async fn replica(sim: &HubSim, s3: &S3Server, data: &Path, tag_ttl: &str) -> Replica {

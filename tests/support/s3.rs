@@ -188,3 +188,13 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// The environment a pullthrough process needs to reach the test S3 with
+/// `secret` (the right one is [`SECRET_KEY`]).
+pub fn aws_env(secret: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", REGION),
+    ]
+}
