@@ -234,6 +234,8 @@ async fn a_dead_upstream_costs_no_timeout_per_request() {
             (answer.status, answer.error_code().as_str()),
             (503, "UNAVAILABLE")
         );
+        let retry_after: u64 = answer.header("retry-after").parse().unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
         let message = String::from_utf8_lossy(&answer.body);
         assert!(
             message.contains("circuit for upstream docker.io is open")

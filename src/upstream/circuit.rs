@@ -120,7 +120,9 @@ impl Circuit {
         })
     }
 
+    /// The fast failure, with a `Retry-After` of when the next probe may go.
     fn open_error(&self, open: Option<(Duration, &String)>) -> UpstreamError {
+        let wait = open.map_or(Duration::from_secs(1), |(wait, _)| wait);
         let detail = match open {
             Some((wait, last)) => format!(
                 "the circuit for upstream {} is open after {} consecutive failures \
@@ -134,7 +136,7 @@ impl Circuit {
                 self.upstream
             ),
         };
-        UpstreamError::new(&self.upstream, ErrorKind::CircuitOpen, detail)
+        UpstreamError::new(&self.upstream, ErrorKind::CircuitOpen, detail).with_retry_after(wait)
     }
 
     fn record(&self, failure: Option<&UpstreamError>, probe: bool) {
@@ -223,6 +225,10 @@ mod tests {
         let err = c.admit().err().unwrap();
         assert_eq!(err.kind, ErrorKind::CircuitOpen);
         assert!(err.is_transient());
+        assert!(
+            err.retry_after
+                .is_some_and(|w| w <= Duration::from_secs(60))
+        );
         assert!(
             err.detail.contains("circuit for upstream hub is open")
                 && err.detail.contains("tried again in 60s"),

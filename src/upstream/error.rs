@@ -12,7 +12,8 @@ pub struct UpstreamError {
     pub kind: ErrorKind,
     /// Human-readable detail, never containing credentials.
     pub detail: String,
-    /// For [`ErrorKind::RateLimited`]: when asking again makes sense.
+    /// For [`ErrorKind::RateLimited`] and [`ErrorKind::CircuitOpen`]: when
+    /// asking again makes sense, sent to the client as `Retry-After`.
     pub retry_after: Option<Duration>,
 }
 
