@@ -1,0 +1,566 @@
+//! Egress policy: which hosts an upstream's answers may send pullthrough to,
+//! and which of them are trusted with the configured credentials.
+//!
+//! An upstream names other hosts in two places: the token realm of a 401
+//! challenge and the `Location` of a redirect. Both are upstream input, so a
+//! compromised or spoofed upstream (plain-HTTP upstreams are allowed) could
+//! otherwise harvest the credentials or make pullthrough reach the node's
+//! metadata endpoint. The rules, enforced here and nowhere else:
+//!
+//! - **Credentials** go only to a realm on the upstream's own origin, to an
+//!   HTTPS realm on a host built in for that registry ([`BUILT_IN_REALMS`]),
+//!   or to a host configured in `auth_hosts` (over HTTPS, or over HTTP when
+//!   the upstream itself is plain HTTP). Any other realm gets an anonymous
+//!   token request, a WARN log and a count.
+//! - **Redirects** go only to `http` or `https`, never from `https` down to
+//!   `http`, and only to public addresses, the upstream's own addresses, or
+//!   networks in `redirect_allow`. The address is checked after resolution:
+//!   before the hop (for a clear error) and again in the resolver of the
+//!   client that reaches foreign origins, so a name that changes its answer
+//!   between the two still causes no connection to a forbidden address.
+//!
+//! The same address rule applies to a realm on another origin. Requests to
+//! the upstream's own origin use the ordinary client: it is configured, so
+//! trusted.
+
+use std::error::Error as StdError;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio::sync::OnceCell;
+
+use super::error::{ErrorKind, UpstreamError};
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+
+/// Token realm hosts each public registry really uses on a host other than
+/// its API's (the others issue tokens on their own host; see
+/// `docs/registries.md`).
+pub const BUILT_IN_REALMS: &[(&str, &[&str])] = &[(crate::config::DOCKER_HUB, &["auth.docker.io"])];
+
+/// Checks the egress keys of one upstream's configuration; the error names
+/// the key and what is wrong with it.
+pub fn check_config(cfg: &UpstreamConfig) -> Result<(), (&'static str, String)> {
+    for host in &cfg.auth_hosts {
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err((
+                "auth_hosts",
+                format!("{host:?} must be a host or host:port, without scheme or path"),
+            ));
+        }
+    }
+    for net in &cfg.redirect_allow {
+        parse_net(net).map_err(|m| ("redirect_allow", m))?;
+    }
+    Ok(())
+}
+
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR such as 10.0.0.0/8"))
+}
+
+/// Why a target was refused; the `reason` label of the refusal metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Neither `http` nor `https`.
+    Scheme,
+    /// `https` to `http`.
+    Downgrade,
+    /// Resolves only to non-public addresses that are not allowed.
+    Address,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Scheme => "redirect_scheme",
+            Refusal::Downgrade => "redirect_downgrade",
+            Refusal::Address => "redirect_address",
+        }
+    }
+}
+
+/// One upstream's egress policy and the two clients it chooses between.
+pub struct Egress {
+    upstream: String,
+    home: Url,
+    /// For the upstream's own origin.
+    home_client: reqwest::Client,
+    /// For every other origin; its resolver drops forbidden addresses.
+    foreign_client: reqwest::Client,
+    realm_hosts: Vec<String>,
+    addresses: Arc<AddressPolicy>,
+    metrics: Metrics,
+}
+
+impl Egress {
+    /// The policy of upstream `name` at `home`; `builder` is the shared
+    /// client configuration, to which the foreign client adds its resolver.
+    pub fn new(
+        name: &str,
+        home: &Url,
+        cfg: &UpstreamConfig,
+        home_client: reqwest::Client,
+        builder: impl FnOnce() -> reqwest::ClientBuilder,
+        metrics: Metrics,
+    ) -> Result<Self, UpstreamError> {
+        let allow = cfg
+            .redirect_allow
+            .iter()
+            .map(String::as_str)
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| UpstreamError::new(name, ErrorKind::Invalid, e))?;
+        let addresses = Arc::new(AddressPolicy {
+            allow,
+            home: home.clone(),
+            home_addresses: OnceCell::new(),
+        });
+        let foreign_client = builder()
+            .dns_resolver(Arc::new(PolicyResolver(addresses.clone())))
+            .build()
+            .map_err(|e| UpstreamError::new(name, ErrorKind::Invalid, e.to_string()))?;
+        let built_in = BUILT_IN_REALMS
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, hosts)| hosts.iter().map(|h| format!("https://{h}")));
+        let configured = cfg.auth_hosts.iter().flat_map(|h| {
+            let h = h.to_ascii_lowercase();
+            let plain = (home.scheme() == "http").then(|| format!("http://{h}"));
+            std::iter::once(format!("https://{h}")).chain(plain)
+        });
+        Ok(Egress {
+            upstream: name.to_owned(),
+            home: home.clone(),
+            home_client,
+            foreign_client,
+            realm_hosts: built_in.chain(configured).collect(),
+            addresses,
+            metrics,
+        })
+    }
+
+    /// Whether `url` is on the upstream's own origin.
+    pub fn is_home(&self, url: &Url) -> bool {
+        url.origin() == self.home.origin()
+    }
+
+    /// The client for a request to `url`.
+    pub fn client(&self, url: &Url) -> &reqwest::Client {
+        if self.is_home(url) {
+            &self.home_client
+        } else {
+            &self.foreign_client
+        }
+    }
+
+    /// Whether a token realm may receive the configured credentials; logs
+    /// and counts a realm that may not.
+    pub fn may_send_credentials(&self, realm: &Url) -> bool {
+        if self.is_home(realm) || self.realm_hosts.contains(&scheme_and_authority(realm)) {
+            return true;
+        }
+        tracing::warn!(
+            upstream = %self.upstream,
+            realm = %realm,
+            "token realm is not on the upstream's host, a built-in realm host or auth_hosts: credentials withheld, asking anonymously"
+        );
+        self.count("credentials_withheld");
+        false
+    }
+
+    /// Checks a redirect hop from `from` to `to`; a refusal is logged,
+    /// counted and returned as an error that names the target.
+    pub async fn check_redirect(&self, from: &Url, to: &Url) -> Result<(), UpstreamError> {
+        let refusal = if !matches!(to.scheme(), "http" | "https") {
+            Some(Refusal::Scheme)
+        } else if from.scheme() == "https" && to.scheme() == "http" {
+            Some(Refusal::Downgrade)
+        } else if !self.is_home(to) && !self.addresses.reachable(to).await {
+            Some(Refusal::Address)
+        } else {
+            None
+        };
+        match refusal {
+            None => Ok(()),
+            Some(refusal) => Err(self.refuse(refusal, "redirect", to)),
+        }
+    }
+
+    /// Checks a token realm on another origin like a redirect target
+    /// (`http`/`https` and a permitted address).
+    pub async fn check_realm(&self, realm: &Url) -> Result<(), UpstreamError> {
+        if !matches!(realm.scheme(), "http" | "https") {
+            return Err(self.refuse(Refusal::Scheme, "token realm", realm));
+        }
+        if self.is_home(realm) || self.addresses.reachable(realm).await {
+            Ok(())
+        } else {
+            Err(self.refuse(Refusal::Address, "token realm", realm))
+        }
+    }
+
+    fn refuse(&self, refusal: Refusal, what: &str, target: &Url) -> UpstreamError {
+        let why = match refusal {
+            Refusal::Scheme => "is neither http nor https",
+            Refusal::Downgrade => "downgrades https to http",
+            Refusal::Address => {
+                "resolves only to loopback, link-local, private or other non-public addresses outside redirect_allow"
+            }
+        };
+        // Only scheme, host and port: a signed URL's query is a credential.
+        let shown = scheme_and_authority(target);
+        tracing::warn!(upstream = %self.upstream, target = %shown, reason = refusal.label(), "egress refused: {what} {why}");
+        self.count(refusal.label());
+        UpstreamError::new(
+            &self.upstream,
+            ErrorKind::Invalid,
+            format!("refused {what} to {shown}: it {why}"),
+        )
+    }
+
+    fn count(&self, reason: &str) {
+        self.metrics
+            .egress_refused
+            .with_label_values(&[&self.upstream, reason])
+            .inc();
+    }
+}
+
+/// `scheme://host[:port]`, the port only when it is not the scheme's default.
+fn scheme_and_authority(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
+/// Which addresses a foreign origin may resolve to.
+struct AddressPolicy {
+    allow: Vec<IpNet>,
+    home: Url,
+    /// What the upstream's own host resolves to, looked up once.
+    home_addresses: OnceCell<Vec<IpAddr>>,
+}
+
+impl AddressPolicy {
+    /// Whether `url`'s host has at least one permitted address; a name that
+    /// does not resolve passes here and fails to connect.
+    async fn reachable(&self, url: &Url) -> bool {
+        let port = url.port_or_known_default().unwrap_or(0);
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self.permits(IpAddr::V4(ip)).await,
+            Some(url::Host::Ipv6(ip)) => self.permits(IpAddr::V6(ip)).await,
+            Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        if self.permits(addr.ip()).await {
+                            return true;
+                        }
+                    }
+                    false
+                }
+                Err(_) => true,
+            },
+            None => false,
+        }
+    }
+
+    async fn permits(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.allow.iter().any(|n| n.contains(&ip)) || {
+            let home = self.home_addresses().await;
+            home.contains(&ip)
+        }
+    }
+
+    async fn home_addresses(&self) -> &[IpAddr] {
+        let found = self
+            .home_addresses
+            .get_or_try_init(|| async {
+                let port = self.home.port_or_known_default().unwrap_or(0);
+                let addrs: Vec<IpAddr> = match self.home.host() {
+                    Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
+                    Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
+                    Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, port))
+                        .await
+                        .map(|a| a.map(|s| s.ip()).collect())
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                // A failed lookup is tried again next time, not remembered.
+                if addrs.is_empty() { Err(()) } else { Ok(addrs) }
+            })
+            .await;
+        found.map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// The resolver of the foreign client: only permitted addresses are returned,
+/// so no connection to a forbidden one is ever made.
+struct PolicyResolver(Arc<AddressPolicy>);
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let mut permitted: Vec<SocketAddr> = Vec::new();
+            for addr in found {
+                if policy.permits(addr.ip()).await {
+                    permitted.push(addr);
+                }
+            }
+            if permitted.is_empty() {
+                let refused: Box<dyn StdError + Send + Sync> = format!(
+                    "{} resolves only to addresses the egress policy forbids",
+                    name.as_str()
+                )
+                .into();
+                return Err(refused);
+            }
+            let addrs: Addrs = Box::new(permitted.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Whether `ip` is a public unicast address: not loopback, link-local
+/// (metadata endpoints live there), private, shared (CGNAT), unspecified,
+/// documentation, benchmarking, multicast or reserved. IPv6 forms that
+/// embed an IPv4 address are judged by it.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || a >= 240
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 198 && (b == 18 || b == 19))
+        || (a == 192 && b == 0 && c == 0))
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
+    }
+    if s[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32));
+    }
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local, deprecated
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo
+        || s[0..6] == [0; 6]) // IPv4-compatible and other ::/96
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn only_public_unicast_addresses_are_public() {
+        for public in ["8.8.8.8", "52.94.1.1", "2600:1f18::1", "2a00:1450::1"] {
+            assert!(is_public(ip(public)), "{public}");
+        }
+        for forbidden in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "169.254.169.254",
+            "169.254.170.2",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.2",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::2",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::127.0.0.1",
+        ] {
+            assert!(!is_public(ip(forbidden)), "{forbidden}");
+        }
+    }
+
+    fn cfg(url: &str, edit: impl FnOnce(&mut UpstreamConfig)) -> UpstreamConfig {
+        let mut cfg = UpstreamConfig::new(url);
+        edit(&mut cfg);
+        cfg
+    }
+
+    fn egress(name: &str, cfg: &UpstreamConfig) -> Egress {
+        let home = Url::parse(&cfg.url).unwrap();
+        Egress::new(
+            name,
+            &home,
+            cfg,
+            reqwest::Client::new(),
+            reqwest::Client::builder,
+            Metrics::new(),
+        )
+        .unwrap()
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn credentials_go_to_the_home_origin_built_in_realms_and_auth_hosts() {
+        let hub = egress("docker.io", &cfg("https://registry-1.docker.io", |_| {}));
+        assert!(hub.may_send_credentials(&url("https://registry-1.docker.io/token")));
+        assert!(hub.may_send_credentials(&url("https://auth.docker.io/token")));
+        assert!(hub.may_send_credentials(&url("https://AUTH.docker.io:443/token")));
+        for foreign in [
+            "http://auth.docker.io/token",
+            "https://auth.docker.io:8443/token",
+            "https://evil.example/token",
+            "http://registry-1.docker.io/token",
+        ] {
+            assert!(!hub.may_send_credentials(&url(foreign)), "{foreign}");
+        }
+        let ghcr = egress("ghcr.io", &cfg("https://ghcr.io", |_| {}));
+        assert!(
+            !ghcr.may_send_credentials(&url("https://auth.docker.io/token")),
+            "a built-in realm belongs to its own registry"
+        );
+
+        let own = egress(
+            "registry.local",
+            &cfg("http://10.0.0.5:5000", |c| {
+                c.auth_hosts = vec!["Auth.local:9000".into(), "sso.example".into()];
+            }),
+        );
+        assert!(own.may_send_credentials(&url("http://auth.local:9000/t")));
+        assert!(own.may_send_credentials(&url("https://sso.example/t")));
+        assert!(!own.may_send_credentials(&url("http://auth.local:9001/t")));
+        let tls = egress(
+            "registry.tls",
+            &cfg("https://10.0.0.5", |c| {
+                c.auth_hosts = vec!["sso.example".into()]
+            }),
+        );
+        assert!(
+            !tls.may_send_credentials(&url("http://sso.example/t")),
+            "plain HTTP only when the upstream itself is plain HTTP"
+        );
+        assert_eq!(
+            tls.metrics
+                .egress_refused
+                .with_label_values(&["registry.tls", "credentials_withheld"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_refused_by_scheme_downgrade_and_address() {
+        let up = egress(
+            "up",
+            &cfg("https://127.0.0.2:8443", |c| {
+                c.redirect_allow = vec!["10.0.0.0/8".into(), "fd00::5".into()];
+            }),
+        );
+        let from = url("https://127.0.0.2:8443/v2/a/blobs/x");
+        for ok in [
+            "https://127.0.0.2:8443/elsewhere",
+            "https://127.0.0.2:9999/same-address",
+            "https://8.8.8.8/storage",
+            "https://10.2.3.4/storage",
+            "https://[fd00::5]/storage",
+        ] {
+            assert_eq!(up.check_redirect(&from, &url(ok)).await, Ok(()), "{ok}");
+        }
+        for (refused, reason) in [
+            ("ftp://8.8.8.8/x", "redirect_scheme"),
+            ("http://8.8.8.8/x", "redirect_downgrade"),
+            ("https://127.0.0.1/x", "redirect_address"),
+            (
+                "https://169.254.169.254/latest/meta-data",
+                "redirect_address",
+            ),
+            ("https://[fe80::1]/x", "redirect_address"),
+            ("https://[fd00::6]/x", "redirect_address"),
+            ("https://192.168.0.1/x", "redirect_address"),
+            ("https://localhost:1/x", "redirect_address"),
+        ] {
+            let err = up.check_redirect(&from, &url(refused)).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Invalid, "{refused}");
+            assert!(err.detail.starts_with("refused redirect"), "{err}");
+            let count = up
+                .metrics
+                .egress_refused
+                .with_label_values(&["up", reason])
+                .get();
+            assert!(count > 0, "{refused} counted as {reason}");
+        }
+        let err = up
+            .check_redirect(
+                &from,
+                &url("https://169.254.169.254/x?X-Amz-Signature=s3cret"),
+            )
+            .await
+            .unwrap_err();
+        assert!(!err.detail.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn egress_keys_are_checked() {
+        assert!(
+            check_config(&cfg("https://x", |c| c.redirect_allow =
+                vec!["10.0.0.0/8".into()]))
+            .is_ok()
+        );
+        let err =
+            check_config(&cfg("https://x", |c| c.redirect_allow = vec!["ten".into()])).unwrap_err();
+        assert_eq!(err.0, "redirect_allow");
+        let err = check_config(&cfg("https://x", |c| {
+            c.auth_hosts = vec!["https://a/".into()]
+        }))
+        .unwrap_err();
+        assert_eq!(err.0, "auth_hosts");
+    }
+}
