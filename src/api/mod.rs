@@ -11,7 +11,7 @@ mod blobs;
 mod client;
 mod error;
 mod manifests;
-mod range;
+pub(crate) mod range;
 mod referrers;
 
 use axum::Router;

@@ -15,16 +15,16 @@
 //! interrupted blob bodies continued with `Range`).
 
 mod auth;
-mod budget;
+pub(crate) mod budget;
 mod circuit;
 mod egress;
 mod error;
 mod exchange;
-mod manifest;
+pub(crate) mod manifest;
 mod probe;
 mod referrers;
 mod repos;
-mod resume;
+pub(crate) mod resume;
 mod retry;
 mod route;
 
