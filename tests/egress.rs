@@ -278,3 +278,38 @@ async fn a_denied_repository_is_neither_fetched_nor_served_from_the_cache() {
         other.manifest_digest
     );
 }
+
+#[test]
+fn bad_egress_keys_fail_at_start_up_naming_the_field() {
+    for (line, field) in [
+        (
+            r#"redirect_allow = ["10.0.0.0/33"]"#,
+            r#"upstreams."docker.io".redirect_allow"#,
+        ),
+        (
+            r#"auth_hosts = ["https://auth.example/token"]"#,
+            r#"upstreams."docker.io".auth_hosts"#,
+        ),
+        (
+            r#"allow_repositories = ["library/[a"]"#,
+            r#"upstreams."docker.io".allow_repositories"#,
+        ),
+        (
+            r#"deny_repositories = ["{a"]"#,
+            r#"upstreams."docker.io".deny_repositories"#,
+        ),
+    ] {
+        let toml =
+            format!("[upstreams.\"docker.io\"]\nurl = \"https://registry-1.docker.io\"\n{line}");
+        let err = Config::from_toml(&toml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(field), "{line}: {err}");
+    }
+    let fine = "[upstreams.\"docker.io\"]\nurl = \"https://registry-1.docker.io\"\n\
+        auth_hosts = [\"auth.example:8443\"]\nredirect_allow = [\"10.0.0.0/8\", \"fd00::/8\"]\n\
+        allow_repositories = [\"library/*\"]\ndeny_repositories = [\"library/x*\"]";
+    Config::from_toml(fine).unwrap().validate().unwrap();
+}
