@@ -14,10 +14,10 @@ targets=${*:-"reference digest range accept challenge ratelimit content_range ma
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 export RUSTC_WRAPPER="$here/sancov-rustc.sh"
 cd "$here"
-cargo build --locked --bins
+cargo build --bins
 for target in $targets; do
     mkdir -p "corpus/$target" artifacts
     echo "== $target: $seconds s"
     "$CARGO_TARGET_DIR/debug/$target" -max_total_time="$seconds" -max_len=4096 \
-        -artifact_prefix="artifacts/$target-" "corpus/$target"
+        -dict=registry.dict -artifact_prefix="artifacts/$target-" "corpus/$target"
 done
