@@ -201,7 +201,7 @@ impl Metrics {
         let egress_refused = counter(
             &registry,
             "pullthrough_egress_refused_total",
-            "Egress refused by policy, by upstream and reason: credentials_withheld (a foreign token realm was asked anonymously), redirect_scheme, redirect_downgrade, redirect_address, repository_denied.",
+            "Egress refused by policy, by upstream and reason: credentials_withheld (a foreign token realm was asked anonymously), redirect_scheme, redirect_downgrade, redirect_address, realm_scheme, realm_address (a token realm on another origin), repository_denied.",
             &["upstream", "reason"],
         );
         let cache_store_failures = counter(

@@ -205,6 +205,31 @@ async fn a_redirect_to_a_forbidden_address_makes_no_connection() {
 }
 
 #[tokio::test]
+async fn a_realm_at_a_forbidden_address_is_never_asked() {
+    let trap = Trap::start(HOME).await;
+    let hostile = Hostile::start(
+        OTHER_LOOPBACK,
+        Plan {
+            realm: Some(format!("http://localhost:{}/token", trap.port)),
+            redirect_to: None,
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(with_credentials(&hostile.url, dir.path(), |_| {})).await;
+    let answer = Client::new(&proxy.url).manifest("x", &digest()).await;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(body.contains("refused token realm"), "{body}");
+    assert_eq!(trap.connections(), 0, "nothing reached the trap");
+    let refused = proxy.metric(
+        "pullthrough_egress_refused_total",
+        &[("reason", "realm_address")],
+    );
+    assert!(refused >= 1.0, "counted: {refused}");
+}
+
+#[tokio::test]
 async fn redirect_allow_opens_a_private_network() {
     let trap = Trap::start(HOME).await;
     let hostile = Hostile::start(

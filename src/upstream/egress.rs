@@ -32,7 +32,6 @@ use ipnet::IpNet;
 use reqwest::Url;
 use tokio::sync::OnceCell;
 
-pub use address::is_public;
 use address::{AddressPolicy, PolicyResolver};
 
 use super::error::{ErrorKind, UpstreamError};
@@ -78,12 +77,23 @@ pub enum Refusal {
     Address,
 }
 
+/// What was refused: a redirect hop or a token realm on another origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Redirect,
+    Realm,
+}
+
 impl Refusal {
-    fn label(self) -> &'static str {
-        match self {
-            Refusal::Scheme => "redirect_scheme",
-            Refusal::Downgrade => "redirect_downgrade",
-            Refusal::Address => "redirect_address",
+    /// The metric's `reason`, such as `redirect_address`.
+    fn label(self, hop: Hop) -> &'static str {
+        match (hop, self) {
+            (Hop::Redirect, Refusal::Scheme) => "redirect_scheme",
+            (Hop::Redirect, Refusal::Downgrade) => "redirect_downgrade",
+            (Hop::Redirect, Refusal::Address) => "redirect_address",
+            (Hop::Realm, Refusal::Scheme) => "realm_scheme",
+            (Hop::Realm, Refusal::Downgrade) => "realm_downgrade",
+            (Hop::Realm, Refusal::Address) => "realm_address",
         }
     }
 }
@@ -191,7 +201,7 @@ impl Egress {
         };
         match refusal {
             None => Ok(()),
-            Some(refusal) => Err(self.refuse(refusal, "redirect", to)),
+            Some(refusal) => Err(self.refuse(refusal, Hop::Redirect, to)),
         }
     }
 
@@ -199,16 +209,20 @@ impl Egress {
     /// (`http`/`https` and a permitted address).
     pub async fn check_realm(&self, realm: &Url) -> Result<(), UpstreamError> {
         if !matches!(realm.scheme(), "http" | "https") {
-            return Err(self.refuse(Refusal::Scheme, "token realm", realm));
+            return Err(self.refuse(Refusal::Scheme, Hop::Realm, realm));
         }
         if self.is_home(realm) || self.addresses.reachable(realm).await {
             Ok(())
         } else {
-            Err(self.refuse(Refusal::Address, "token realm", realm))
+            Err(self.refuse(Refusal::Address, Hop::Realm, realm))
         }
     }
 
-    fn refuse(&self, refusal: Refusal, what: &str, target: &Url) -> UpstreamError {
+    fn refuse(&self, refusal: Refusal, hop: Hop, target: &Url) -> UpstreamError {
+        let what = match hop {
+            Hop::Redirect => "redirect to",
+            Hop::Realm => "token realm at",
+        };
         let why = match refusal {
             Refusal::Scheme => "is neither http nor https",
             Refusal::Downgrade => "downgrades https to http",
@@ -218,12 +232,13 @@ impl Egress {
         };
         // Only scheme, host and port: a signed URL's query is a credential.
         let shown = scheme_and_authority(target);
-        tracing::warn!(upstream = %self.upstream, target = %shown, reason = refusal.label(), "egress refused: {what} {why}");
-        self.count(refusal.label());
+        let reason = refusal.label(hop);
+        tracing::warn!(upstream = %self.upstream, target = %shown, reason, "egress refused: {what} a target that {why}");
+        self.count(reason);
         UpstreamError::new(
             &self.upstream,
             ErrorKind::Invalid,
-            format!("refused {what} to {shown}: it {why}"),
+            format!("refused {what} {shown}: it {why}"),
         )
     }
 

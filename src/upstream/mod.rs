@@ -39,7 +39,6 @@ use reqwest::{Response, Url};
 
 pub use auth::Challenge;
 pub use budget::{Budget, BudgetState, Standing};
-pub use egress::is_public;
 pub use error::{ErrorKind, UpstreamError};
 pub use manifest::{Manifest, NotAManifest};
 pub use referrers::{FILTERS_APPLIED, OCI_INDEX, is_index};
@@ -193,17 +192,7 @@ impl Upstreams {
             RepoName::parse(route.repo).expect("a suffix of a valid name is valid")
         };
         let repo = upstream.canonical(&repo);
-        if !upstream.repos.allows(repo.as_str()) {
-            upstream
-                .metrics
-                .egress_refused
-                .with_label_values(&[&upstream.name, "repository_denied"])
-                .inc();
-            return Err(RouteError::Denied {
-                upstream: upstream.name.clone(),
-                repo: repo.to_string(),
-            });
-        }
+        upstream.admit(&repo)?;
         Ok((upstream, repo))
     }
 }

@@ -12,6 +12,10 @@
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
+use super::Upstream;
+use super::route::RouteError;
+use crate::reference::RepoName;
+
 /// The compiled allow and deny lists of one upstream.
 #[derive(Debug, Clone)]
 pub struct RepoFilter {
@@ -36,6 +40,23 @@ impl RepoFilter {
     /// Whether `repo` may be served.
     pub fn allows(&self, repo: &str) -> bool {
         self.allow.as_ref().is_none_or(|set| set.is_match(repo)) && !self.deny.is_match(repo)
+    }
+}
+
+impl Upstream {
+    /// Refuses, and counts, a repository this upstream does not serve.
+    pub(super) fn admit(&self, repo: &RepoName) -> Result<(), RouteError> {
+        if self.repos.allows(repo.as_str()) {
+            return Ok(());
+        }
+        self.metrics
+            .egress_refused
+            .with_label_values(&[&self.name, "repository_denied"])
+            .inc();
+        Err(RouteError::Denied {
+            upstream: self.name.clone(),
+            repo: repo.to_string(),
+        })
     }
 }
 
