@@ -1,8 +1,8 @@
-//! Fuzz target: A client's `Accept` lines (one per input line).
+//! Fuzz target: a client's `Accept` lines (one per input line).
 #![no_main]
 
-use pullthrough::parsers::{AcceptSet, KNOWN_MANIFEST_TYPES};
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::{AcceptSet, KNOWN_MANIFEST_TYPES};
 
 fuzz_target!(|data: &[u8]| {
     let headers = pullthrough_fuzz::headers(http::header::ACCEPT, data);

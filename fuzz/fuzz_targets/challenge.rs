@@ -1,8 +1,8 @@
-//! Fuzz target: An upstream's `WWW-Authenticate` challenge.
+//! Fuzz target: an upstream's `WWW-Authenticate` challenge.
 #![no_main]
 
-use pullthrough::parsers::Challenge;
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::Challenge;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Challenge::parse(&pullthrough_fuzz::text(data));

@@ -1,9 +1,9 @@
-//! Fuzz target: An upstream's `Content-Range` on a resumed blob download.
+//! Fuzz target: an upstream's `Content-Range` on a resumed blob download.
 #![no_main]
 
 use http::StatusCode;
-use pullthrough::parsers::resumed_at;
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::resumed_at;
 
 fuzz_target!(|data: &[u8]| {
     let (offset, rest) = pullthrough_fuzz::split_number(data);

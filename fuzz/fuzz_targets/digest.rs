@@ -1,8 +1,8 @@
-//! Fuzz target: Digests from clients (`/blobs/<digest>`) and upstreams (`Docker-Content-Digest`).
+//! Fuzz target: digests from clients (`/blobs/<digest>`) and upstreams (`Docker-Content-Digest`).
 #![no_main]
 
-use pullthrough::parsers::Digest;
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::Digest;
 
 fuzz_target!(|data: &[u8]| {
     let text = pullthrough_fuzz::text(data);

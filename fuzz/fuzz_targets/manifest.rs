@@ -1,9 +1,9 @@
-//! Fuzz target: An upstream's manifest body, with its media type on the first line.
+//! Fuzz target: an upstream's manifest body, with its media type on the first line.
 #![no_main]
 
 use bytes::Bytes;
-use pullthrough::parsers::{Digest, check_manifest, check_manifest_type};
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::{Digest, check_manifest, check_manifest_type};
 
 fuzz_target!(|data: &[u8]| {
     let (media_type, body) = match data.iter().position(|b| *b == b'\n') {

@@ -1,8 +1,8 @@
-//! Fuzz target: A client's `Range` header against an object size.
+//! Fuzz target: a client's `Range` header against an object size.
 #![no_main]
 
-use pullthrough::parsers::{ByteRange, range};
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::{ByteRange, range};
 
 fuzz_target!(|data: &[u8]| {
     let (size, header) = pullthrough_fuzz::number_and_text(data);

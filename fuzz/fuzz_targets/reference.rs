@@ -1,8 +1,8 @@
-//! Fuzz target: Repository names, tags, references and `/v2/` paths from a client's URL.
+//! Fuzz target: repository names, tags, references and `/v2/` paths from a client's URL.
 #![no_main]
 
-use pullthrough::parsers::{Reference, RepoName, Tag, V2Path};
 use libfuzzer_sys::fuzz_target;
+use pullthrough::parsers::{Reference, RepoName, Tag, V2Path};
 
 fuzz_target!(|data: &[u8]| {
     let text = pullthrough_fuzz::text(data);
