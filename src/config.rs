@@ -210,6 +210,10 @@ pub struct UpstreamConfig {
     /// Repository globs never served from this upstream; wins over `allow_repositories`.
     #[serde(default)]
     pub deny_repositories: Vec<String>,
+    /// A PEM file of CA certificates trusted, besides the public roots, for
+    /// this upstream and the hosts it sends pullthrough to (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -302,6 +306,7 @@ impl UpstreamConfig {
             redirect_allow: Vec::new(),
             allow_repositories: Vec::new(),
             deny_repositories: Vec::new(),
+            ca_file: None,
         }
     }
 }

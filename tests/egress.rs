@@ -7,9 +7,8 @@
 //! must stay reachable. So the forbidden-address tests put the hostile
 //! upstream on 127.0.0.2 and the trap on 127.0.0.1: loopback, but not the
 //! upstream's own address, hence forbidden, and reachable for real when a
-//! control run allows it. The https→http downgrade needs a TLS upstream the
-//! mirror trusts, which it has no option for; it is covered by the unit
-//! tests of `upstream::egress`.
+//! control run allows it. The https→http downgrade is played by an HTTPS
+//! upstream whose test CA the mirror trusts through `ca_file`.
 
 mod support;
 
@@ -17,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use pullthrough::config::{Config, DOCKER_HUB, Secret};
 use support::client::Client;
-use support::hostile::{Hostile, Plan, Trap};
+use support::hostile::{Hostile, Plan, TlsRedirector, Trap};
 use support::hubsim::HubSim;
 use support::proxy::{Proxy, config};
 use support::random_bytes;
@@ -230,6 +229,32 @@ async fn a_realm_at_a_forbidden_address_is_never_asked() {
 }
 
 #[tokio::test]
+async fn a_redirect_from_https_down_to_http_is_refused() {
+    let trap = Trap::start(HOME).await;
+    let upstream = TlsRedirector::start(&trap.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &upstream.ca_pem).unwrap();
+    let cfg = with_credentials(&upstream.url, &dir.path().join("data"), |c| {
+        c.upstreams.get_mut(DOCKER_HUB).unwrap().ca_file = Some(ca_file);
+    });
+    let proxy = Proxy::start(cfg).await;
+    let client = Client::new(&proxy.url);
+    let answer = client.manifest("x", &digest()).await;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(body.contains("downgrades https to http"), "{body}");
+    let blob = client.blob("x", &digest()).await.unwrap();
+    assert_eq!(blob.status, 502, "{:?}", blob.body);
+    let refused = proxy.metric(
+        "pullthrough_egress_refused_total",
+        &[("reason", "redirect_downgrade")],
+    );
+    assert_eq!(refused, 2.0, "both counted");
+    assert_eq!(trap.connections(), 0, "nothing reached the trap");
+}
+
+#[tokio::test]
 async fn redirect_allow_opens_a_private_network() {
     let trap = Trap::start(HOME).await;
     let hostile = Hostile::start(
@@ -322,6 +347,10 @@ fn bad_egress_keys_fail_at_start_up_naming_the_field() {
         (
             r#"deny_repositories = ["{a"]"#,
             r#"upstreams."docker.io".deny_repositories"#,
+        ),
+        (
+            r#"ca_file = "/nonexistent/ca.pem""#,
+            r#"upstreams."docker.io".ca_file"#,
         ),
     ] {
         let toml =

@@ -57,7 +57,23 @@ pub fn check_config(cfg: &UpstreamConfig) -> Result<(), (&'static str, String)> 
     for net in &cfg.redirect_allow {
         parse_net(net).map_err(|m| ("redirect_allow", m))?;
     }
+    extra_roots(cfg).map_err(|m| ("ca_file", m))?;
     Ok(())
+}
+
+/// The certificates of the upstream's `ca_file`, if any, for both of its
+/// clients; an unreadable file or one without a certificate is an error
+/// naming the file.
+pub fn extra_roots(cfg: &UpstreamConfig) -> Result<Vec<reqwest::Certificate>, String> {
+    let Some(path) = &cfg.ca_file else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(roots) if !roots.is_empty() => Ok(roots),
+        Ok(_) => Err(format!("ca_file {}: no certificate in it", path.display())),
+        Err(e) => Err(format!("ca_file {}: {e}", path.display())),
+    }
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {

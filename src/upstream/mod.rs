@@ -114,12 +114,22 @@ impl Upstreams {
             let invalid = |e: String| UpstreamError::new(name, ErrorKind::Invalid, e);
             let base =
                 Url::parse(cfg.url.trim_end_matches('/')).map_err(|e| invalid(e.to_string()))?;
+            let roots = egress::extra_roots(cfg).map_err(invalid)?;
+            let trusting = || {
+                roots
+                    .iter()
+                    .fold(builder(), |b, root| b.add_root_certificate(root.clone()))
+            };
+            let home_client = match roots.is_empty() {
+                true => client.clone(),
+                false => trusting().build().map_err(|e| invalid(e.to_string()))?,
+            };
             let egress = Arc::new(Egress::new(
                 name,
                 &base,
                 cfg,
-                client.clone(),
-                builder,
+                home_client,
+                trusting,
                 metrics.clone(),
             )?);
             let repos = RepoFilter::new(&cfg.allow_repositories, &cfg.deny_repositories)

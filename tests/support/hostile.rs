@@ -10,6 +10,9 @@
 //! counts every connection it accepts and records every request head, so a
 //! test can assert both "no connection at all" and "no credentials".
 //!
+//! [`TlsRedirector`] is a hostile registry over HTTPS (a test CA, trusted
+//! through the upstream's `ca_file`) that redirects down to plain HTTP.
+//!
 //! Either binds any loopback address, so a test can put the upstream and
 //! the trap on different addresses (127.0.0.2 and 127.0.0.1): the upstream's
 //! own address is allowed as a redirect target, any other loopback address
@@ -23,7 +26,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -221,7 +224,7 @@ impl Drop for Trap {
 }
 
 /// Reads one request head (at most 16 KiB) and picks out what tests check.
-async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<Seen> {
+async fn read_head(socket: &mut (impl AsyncRead + Unpin)) -> Option<Seen> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -245,4 +248,78 @@ async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<Seen> {
         target,
         authorization,
     })
+}
+
+/// A hostile registry over HTTPS that redirects every request to `to`
+/// (the request's path appended), with a certificate for `localhost` from a
+/// test CA; the CA's PEM is for the upstream's `ca_file`.
+pub struct TlsRedirector {
+    /// `https://localhost:<port>`
+    pub url: String,
+    /// The test CA, PEM-encoded.
+    pub ca_pem: String,
+    task: JoinHandle<()>,
+}
+
+impl TlsRedirector {
+    /// Listens on 127.0.0.1, ephemeral port.
+    pub async fn start(to: &str) -> TlsRedirector {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let to = to.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (acceptor, to) = (acceptor.clone(), to.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let Some(seen) = read_head(&mut tls).await else {
+                        return;
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        seen.target
+                    );
+                    let _ = tls.write_all(reply.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TlsRedirector {
+            url,
+            ca_pem: ca.pem(),
+            task,
+        }
+    }
+}
+
+impl Drop for TlsRedirector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
