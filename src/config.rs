@@ -166,6 +166,26 @@ pub struct UpstreamConfig {
     pub tag_ttl: Option<Duration>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Token realm hosts (`host` or `host:port`) trusted with the credentials
+    /// besides the upstream's own host and the built-in ones (see
+    /// `upstream::egress`).
+    #[serde(default)]
+    pub auth_hosts: Vec<String>,
+    /// Private networks (CIDRs) that redirects from this upstream may point
+    /// into; other non-public addresses are refused.
+    #[serde(default)]
+    pub redirect_allow: Vec<String>,
+    /// Repository globs served from this upstream (`library/*`, `myorg/**`);
+    /// empty allows every repository.
+    #[serde(default)]
+    pub allow_repositories: Vec<String>,
+    /// Repository globs never served from this upstream; wins over `allow_repositories`.
+    #[serde(default)]
+    pub deny_repositories: Vec<String>,
+    /// A PEM file of CA certificates trusted, besides the public roots, for
+    /// this upstream and the hosts it sends pullthrough to (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -265,6 +285,11 @@ impl UpstreamConfig {
             password: None,
             tag_ttl: None,
             enabled: true,
+            auth_hosts: Vec::new(),
+            redirect_allow: Vec::new(),
+            allow_repositories: Vec::new(),
+            deny_repositories: Vec::new(),
+            ca_file: None,
         }
     }
 }
@@ -483,6 +508,8 @@ impl Config {
                     "username and password go together",
                 ));
             }
+            crate::upstream::check_egress_config(upstream)
+                .map_err(|(f, message)| invalid(field(f), message))?;
         }
         match self.upstreams.get(&self.default_upstream) {
             Some(u) if u.enabled => Ok(()),

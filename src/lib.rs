@@ -11,12 +11,16 @@
 //! - [`config`], [`metrics`], [`digest`], [`reference`], [`singleflight`]:
 //!   the shared pieces.
 //! - [`server`]: wires it all together and serves until shutdown.
+//! - `parsers`: every parser of client or upstream input in one place, for
+//!   the property tests and the fuzz targets (`fuzz/`); not an API.
 
 pub mod api;
 pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod metrics;
+#[doc(hidden)]
+pub mod parsers;
 pub mod reference;
 pub mod registry;
 pub mod server;

@@ -53,6 +53,8 @@ pub struct Collectors {
     pub upstream_waiting: IntGaugeVec,
     /// Objects a cache tier could not take, by tier and reason.
     pub cache_store_failures: IntCounterVec,
+    /// What the egress policy refused or withheld, by upstream and reason.
+    pub egress_refused: IntCounterVec,
     /// Size, bounds and evictions of the cache tiers.
     pub cache: CacheCollectors,
 }
@@ -249,6 +251,12 @@ impl Metrics {
             "Upstream fetches queued for one of the upstream's concurrent fetch slots.",
             &["upstream"],
         );
+        let egress_refused = counter(
+            &registry,
+            "pullthrough_egress_refused_total",
+            "Egress refused by policy, by upstream and reason: credentials_withheld (a foreign token realm was asked anonymously), redirect_scheme, redirect_downgrade, redirect_address, realm_scheme, realm_address (a token realm on another origin), repository_denied.",
+            &["upstream", "reason"],
+        );
         let cache_store_failures = counter(
             &registry,
             "pullthrough_cache_store_failures_total",
@@ -277,6 +285,7 @@ impl Metrics {
             upstream_waiting,
             cache_store_failures,
             cache,
+            egress_refused,
         }))
     }
 

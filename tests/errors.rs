@@ -283,10 +283,14 @@ async fn credentials_are_sent_to_the_token_realm_and_never_logged() {
     let sim = HubSim::start_with(options).await;
     let image = sim.push_image("library/p", "1", &[random_bytes(10, 1)]);
     let dir = tempfile::tempdir().unwrap();
+    // The simulator's realm is on its own port, like auth.docker.io on its
+    // own host: trusted with the credentials only when configured.
+    let realm_host = sim.realm_url.trim_start_matches("http://").to_owned();
     let mut cfg = config(&sim.registry_url, dir.path());
     let hub = cfg.upstreams.get_mut("docker.io").unwrap();
     hub.username = Some("puller".into());
     hub.password = Some(pullthrough::config::Secret::new("s3cret"));
+    hub.auth_hosts = vec![realm_host.clone()];
     assert!(!format!("{cfg:?}").contains("s3cret"));
     let proxy = Proxy::start(cfg).await;
     assert_eq!(
@@ -303,6 +307,7 @@ async fn credentials_are_sent_to_the_token_realm_and_never_logged() {
     let hub = wrong.upstreams.get_mut("docker.io").unwrap();
     hub.username = Some("puller".into());
     hub.password = Some(pullthrough::config::Secret::new("wrong"));
+    hub.auth_hosts = vec![realm_host];
     let proxy = Proxy::start(wrong).await;
     let answer = Client::new(&proxy.url).manifest("p", "1").await;
     assert_eq!(

@@ -87,6 +87,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NameUnknown(_) | RegistryError::UnknownUpstream(_) => {
                 (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
             }
+            RegistryError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             RegistryError::Upstream(u) => match u.kind {
                 ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
                 ErrorKind::Denied => (StatusCode::FORBIDDEN, "DENIED"),

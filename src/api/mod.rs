@@ -13,7 +13,7 @@ mod client;
 mod error;
 mod health;
 mod manifests;
-mod range;
+pub(crate) mod range;
 mod referrers;
 
 use axum::Router;

@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::digest::DigestMismatch;
 use crate::metrics::Metrics;
 use crate::reference::RepoName;
-use crate::upstream::{Relayed, Upstream, UpstreamError, Upstreams};
+use crate::upstream::{Relayed, RouteError, Upstream, UpstreamError, Upstreams};
 
 /// How a request was answered; one per request, logged and counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +99,9 @@ pub enum RegistryError {
     NameUnknown(String),
     #[error("no upstream named {0:?} is configured")]
     UnknownUpstream(String),
+    /// A repository the upstream's allow and deny lists refuse.
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Upstream(UpstreamError),
     #[error("upstream sent corrupt content: {0}")]
@@ -186,10 +189,10 @@ impl Registry {
         ns: Option<&str>,
         name: &RepoName,
     ) -> Result<(Arc<Upstream>, RepoName), RegistryError> {
-        self.inner
-            .upstreams
-            .route(ns, name)
-            .map_err(|e| RegistryError::UnknownUpstream(e.0))
+        self.inner.upstreams.route(ns, name).map_err(|e| match e {
+            RouteError::Unknown(unknown) => RegistryError::UnknownUpstream(unknown.0),
+            denied @ RouteError::Denied { .. } => RegistryError::Denied(denied.to_string()),
+        })
     }
 
     /// Relays a tag list, with the client's `n` and `last`.

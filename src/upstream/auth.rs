@@ -11,7 +11,8 @@
 //! therefore kept per origin: the scheme an origin asked for, and tokens
 //! keyed by origin, realm, service and scope, so a token one host issued is
 //! never sent to another. The configured credentials belong to the
-//! upstream's own origin: other origins only get anonymous tokens.
+//! upstream's own origin: other origins only get anonymous tokens, and a
+//! realm gets them only where the egress policy (`egress`) trusts it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,8 +23,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::HeaderValue;
 use moka::Expiry;
 use moka::future::Cache;
+use reqwest::Url;
 use serde::Deserialize;
 
+use super::egress::Egress;
 use super::error::{ErrorKind, UpstreamError};
 use crate::config::Secret;
 
@@ -125,8 +128,8 @@ enum Scheme {
 /// Authentication state of one upstream; shared by all its requests.
 pub struct Authenticator {
     upstream: String,
-    /// The configured registry's origin, the only one the credentials go to.
-    home: String,
+    /// Where tokens may be fetched from and which realms get the credentials.
+    egress: Arc<Egress>,
     credentials: Option<(String, Secret)>,
     /// What each origin asked for, by its ASCII serialization.
     schemes: RwLock<HashMap<String, Scheme>>,
@@ -134,12 +137,12 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Anonymous when `credentials` is `None`; `home` is the origin of the
-    /// configured registry URL.
-    pub fn new(upstream: &str, home: &str, credentials: Option<(String, Secret)>) -> Self {
+    /// Anonymous when `credentials` is `None`; `egress` knows the
+    /// upstream's own origin, the only one the credentials go to.
+    pub fn new(upstream: &str, egress: Arc<Egress>, credentials: Option<(String, Secret)>) -> Self {
         Authenticator {
             upstream: upstream.to_owned(),
-            home: home.to_owned(),
+            egress,
             credentials,
             schemes: RwLock::new(HashMap::new()),
             tokens: Cache::builder()
@@ -168,7 +171,6 @@ impl Authenticator {
     /// fetching a token when needed; `None` before `origin` challenged.
     pub async fn authorization(
         &self,
-        client: &reqwest::Client,
         origin: &str,
         scope: &str,
         timeout: Duration,
@@ -179,8 +181,7 @@ impl Authenticator {
             Some(Scheme::Basic) => Ok(self.basic_header(origin)),
             Some(Scheme::Bearer { realm, service }) => {
                 let key = token_key(origin, &realm, service.as_deref(), scope);
-                let fetch =
-                    self.fetch_token(client, origin, &realm, service.as_deref(), scope, timeout);
+                let fetch = self.fetch_token(origin, &realm, service.as_deref(), scope, timeout);
                 let token = self
                     .tokens
                     .try_get_with(key, fetch)
@@ -207,7 +208,8 @@ impl Authenticator {
 
     /// The configured credentials, for the upstream's own origin only.
     fn credentials_for(&self, origin: &str) -> Option<&(String, Secret)> {
-        self.credentials.as_ref().filter(|_| origin == self.home)
+        let home = Url::parse(origin).is_ok_and(|url| self.egress.is_home(&url));
+        self.credentials.as_ref().filter(|_| home)
     }
 
     fn basic_header(&self, origin: &str) -> Option<HeaderValue> {
@@ -220,7 +222,6 @@ impl Authenticator {
 
     async fn fetch_token(
         &self,
-        client: &reqwest::Client,
         origin: &str,
         realm: &str,
         service: Option<&str>,
@@ -235,8 +236,14 @@ impl Authenticator {
         if let Some(service) = service {
             query.push(("service", service));
         }
-        let mut request = client.get(realm).query(&query).timeout(timeout);
-        if let Some((user, password)) = self.credentials_for(origin) {
+        let realm = Url::parse(realm)
+            .map_err(|e| fail(ErrorKind::Invalid, format!("token realm {realm:?}: {e}")))?;
+        self.egress.check_realm(&realm).await?;
+        let client = self.egress.client(&realm);
+        let mut request = client.get(realm.clone()).query(&query).timeout(timeout);
+        if let Some((user, password)) = self.credentials_for(origin)
+            && self.egress.may_send_credentials(&realm)
+        {
             request = request.basic_auth(user, Some(password.expose()));
         }
         let response = request
@@ -330,22 +337,25 @@ mod tests {
         let home = "https://registry.example";
         let other = "https://bucket.example";
         let credentials = Some(("user".to_owned(), Secret::new("pw".to_owned())));
-        let auth = Authenticator::new("example", home, credentials);
-        let client = reqwest::Client::new();
+        let cfg = crate::config::UpstreamConfig::new(home);
+        let egress = Egress::new(
+            "example",
+            &Url::parse(home).unwrap(),
+            &cfg,
+            reqwest::Client::new(),
+            reqwest::Client::builder,
+            crate::metrics::Metrics::new(),
+        )
+        .unwrap();
+        let auth = Authenticator::new("example", Arc::new(egress), credentials);
         let timeout = Duration::from_secs(1);
         auth.learn(home, &Challenge::Basic);
-        let at_home = auth.authorization(&client, home, "", timeout).await;
+        let at_home = auth.authorization(home, "", timeout).await;
         assert!(matches!(at_home, Ok(Some(_))));
-        assert_eq!(
-            auth.authorization(&client, other, "", timeout).await,
-            Ok(None)
-        );
+        assert_eq!(auth.authorization(other, "", timeout).await, Ok(None));
         // Basic asked for by another origin still gets no credentials.
         auth.learn(other, &Challenge::Basic);
-        assert_eq!(
-            auth.authorization(&client, other, "", timeout).await,
-            Ok(None)
-        );
+        assert_eq!(auth.authorization(other, "", timeout).await, Ok(None));
     }
 
     #[test]

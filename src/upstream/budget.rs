@@ -287,7 +287,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Parses `76;w=21600` into 76 and the window, 21600 seconds. Any value
 /// that is not a plain number (or overflows) is ignored.
-pub(crate) fn quota(headers: &HeaderMap, name: &str) -> Option<(u64, Option<u64>)> {
+pub fn quota(headers: &HeaderMap, name: &str) -> Option<(u64, Option<u64>)> {
     let text = headers.get(name)?.to_str().ok()?;
     let mut parts = text.split(';');
     let count = parts.next()?.trim().parse().ok()?;
@@ -299,7 +299,7 @@ pub(crate) fn quota(headers: &HeaderMap, name: &str) -> Option<(u64, Option<u64>
 }
 
 /// `Retry-After` as seconds or an HTTP date, relative to `now`.
-pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()

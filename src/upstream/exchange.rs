@@ -8,7 +8,11 @@
 //! goes through [`Upstream::send`], which follows 301, 302, 303, 307 and 308
 //! up to [`MAX_REDIRECTS`] hops, authenticates at each origin with what that
 //! origin's challenge asked for, and never carries one origin's credentials
-//! to another. A 3xx it does not follow is an error, never a success.
+//! to another: the `Authorization` of a hop is chosen for that hop's origin
+//! in `send_once`, the only place that sets it. Each hop is checked by the
+//! egress policy (`egress`) before it is followed, and hops to a foreign
+//! origin go through the client whose resolver enforces it. A 3xx it does
+//! not follow is an error, never a success.
 //! Callers reach it through `retry`, which adds fetch slots, retries and
 //! the circuit breaker around each exchange.
 
@@ -88,8 +92,10 @@ impl Upstream {
                     format!("more than {MAX_REDIRECTS} redirects from {}", ask.path),
                 ));
             }
-            url = self.location(&response)?;
-            scope = if url.origin() == self.base.origin() {
+            let next = self.location(&response)?;
+            self.egress.check_redirect(&url, &next).await?;
+            url = next;
+            scope = if self.egress.is_home(&url) {
                 home_scope.clone()
             } else {
                 scope_in(url.path())
@@ -99,7 +105,7 @@ impl Upstream {
     }
 
     /// One request to `url`, with `origin`'s authorization for `scope` when
-    /// that origin asked for one.
+    /// that origin asked for one, and never another origin's.
     async fn send_once(
         &self,
         ask: &Ask<'_>,
@@ -107,7 +113,8 @@ impl Upstream {
         origin: &str,
         scope: &str,
     ) -> Result<Response, UpstreamError> {
-        let mut request = self.client.request(ask.method.clone(), url.clone());
+        let client = self.egress.client(url);
+        let mut request = client.request(ask.method.clone(), url.clone());
         if ask.bounded {
             request = request.timeout(self.request_timeout);
         }
@@ -121,7 +128,7 @@ impl Upstream {
         }
         if let Some(auth) = self
             .auth
-            .authorization(&self.client, origin, scope, self.request_timeout)
+            .authorization(origin, scope, self.request_timeout)
             .await?
         {
             request = request.header(header::AUTHORIZATION, auth);
@@ -146,12 +153,6 @@ impl Upstream {
                     ),
                 )
             })?;
-        if !matches!(next.scheme(), "http" | "https") {
-            return Err(self.error(
-                ErrorKind::Invalid,
-                format!("redirect to a {} URL", next.scheme()),
-            ));
-        }
         Ok(next)
     }
 

@@ -3,8 +3,9 @@
 //!
 //! Only registries named in the configuration are ever contacted: requests
 //! pick an [`Upstream`] by name from [`Upstreams`], never by a URL a client
-//! sent. The only other hosts reached are those a configured registry
-//! redirects to or names as its token realm.
+//! sent, and only for repositories its allow and deny lists admit (`repos`).
+//! The only other hosts reached are those a configured registry redirects
+//! to or names as its token realm, within the egress policy (`egress`).
 //!
 //! Every request goes through one exchange (`exchange`) that follows
 //! redirects and runs the token flow at whichever host challenges; every
@@ -14,14 +15,16 @@
 //! interrupted blob bodies continued with `Range`).
 
 mod auth;
-mod budget;
+pub(crate) mod budget;
 mod circuit;
+mod egress;
 mod error;
 mod exchange;
-mod manifest;
+pub(crate) mod manifest;
 mod probe;
 mod referrers;
-mod resume;
+mod repos;
+pub(crate) mod resume;
 mod retry;
 mod route;
 
@@ -39,14 +42,25 @@ pub use budget::{Budget, BudgetState, Standing};
 pub use error::{ErrorKind, UpstreamError};
 pub use manifest::{Manifest, NotAManifest};
 pub use referrers::{FILTERS_APPLIED, OCI_INDEX, is_index};
-pub use route::UnknownUpstream;
+pub use route::{RouteError, UnknownUpstream};
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig};
 use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::reference::RepoName;
 use auth::Authenticator;
+use egress::Egress;
 use exchange::Ask;
+use repos::RepoFilter;
+
+/// Checks one upstream's egress and repository keys; the error names the
+/// key. Configuration validation calls it so a bad value fails at start-up.
+pub fn check_egress_config(cfg: &UpstreamConfig) -> Result<(), (&'static str, String)> {
+    egress::check_config(cfg)?;
+    RepoFilter::new(&cfg.allow_repositories, &[]).map_err(|m| ("allow_repositories", m))?;
+    RepoFilter::new(&[], &cfg.deny_repositories).map_err(|m| ("deny_repositories", m))?;
+    Ok(())
+}
 
 /// Largest manifest accepted, as in distribution.
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
@@ -84,24 +98,49 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds a client for every enabled upstream in `config`.
     pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, UpstreamError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.timeouts.connect)
-            .read_timeout(config.timeouts.read)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(config.timeouts.connect)
+                .read_timeout(config.timeouts.read)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(64)
+                .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
+        };
+        let client = builder()
             .build()
             .map_err(|e| UpstreamError::new("*", ErrorKind::Invalid, e.to_string()))?;
         let mut by_name = BTreeMap::new();
         for (name, cfg) in config.upstreams.iter().filter(|(_, c)| c.enabled) {
-            let base = Url::parse(cfg.url.trim_end_matches('/'))
-                .map_err(|e| UpstreamError::new(name, ErrorKind::Invalid, e.to_string()))?;
+            let invalid = |e: String| UpstreamError::new(name, ErrorKind::Invalid, e);
+            let base =
+                Url::parse(cfg.url.trim_end_matches('/')).map_err(|e| invalid(e.to_string()))?;
+            let roots = egress::extra_roots(cfg).map_err(invalid)?;
+            let trusting = || {
+                roots
+                    .iter()
+                    .fold(builder(), |b, root| b.add_root_certificate(root.clone()))
+            };
+            let home_client = match roots.is_empty() {
+                true => client.clone(),
+                false => trusting().build().map_err(|e| invalid(e.to_string()))?,
+            };
+            let egress = Arc::new(Egress::new(
+                name,
+                &base,
+                cfg,
+                home_client,
+                trusting,
+                metrics.clone(),
+            )?);
+            let repos = RepoFilter::new(&cfg.allow_repositories, &cfg.deny_repositories)
+                .map_err(invalid)?;
             let credentials = cfg.username.clone().zip(cfg.password.clone());
-            let auth = Authenticator::new(name, &base.origin().ascii_serialization(), credentials);
+            let auth = Authenticator::new(name, egress.clone(), credentials);
             let upstream = Upstream {
                 name: name.clone(),
                 base,
-                client: client.clone(),
+                egress,
+                repos,
                 auth,
                 tag_ttl: config.tag_ttl_of(name),
                 request_timeout: config.timeouts.request,
@@ -144,12 +183,14 @@ impl Upstreams {
     }
 
     /// The upstream a request addresses (by `ns`, a path prefix, or the
-    /// default) and the repository name as that upstream knows it.
+    /// default) and the repository name as that upstream knows it; a
+    /// repository the upstream's allow and deny lists refuse is
+    /// [`RouteError::Denied`], before any cache or upstream is asked.
     pub fn route(
         &self,
         ns: Option<&str>,
         name: &RepoName,
-    ) -> Result<(Arc<Upstream>, RepoName), UnknownUpstream> {
+    ) -> Result<(Arc<Upstream>, RepoName), RouteError> {
         let route = route::route(ns, name.as_str(), |n| self.by_name.contains_key(n))?;
         let upstream = match route.upstream {
             Some(n) => self.by_name[n].clone(),
@@ -161,6 +202,7 @@ impl Upstreams {
             RepoName::parse(route.repo).expect("a suffix of a valid name is valid")
         };
         let repo = upstream.canonical(&repo);
+        upstream.admit(&repo)?;
         Ok((upstream, repo))
     }
 }
@@ -169,7 +211,9 @@ impl Upstreams {
 pub struct Upstream {
     name: String,
     base: Url,
-    client: reqwest::Client,
+    /// Which client reaches a URL, and where redirects and credentials may go.
+    egress: Arc<Egress>,
+    repos: RepoFilter,
     auth: Authenticator,
     tag_ttl: Duration,
     request_timeout: Duration,

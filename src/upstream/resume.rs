@@ -177,7 +177,7 @@ impl Resuming {
 /// How many leading bytes of a resumed answer to skip, if it continues a
 /// body of `size` bytes at `offset`: none for a 206 of exactly the rest,
 /// `offset` for a 200 of the whole. Otherwise why it does not fit.
-fn resumed_at(
+pub fn resumed_at(
     status: StatusCode,
     content_range: Option<&str>,
     content_length: Option<u64>,
@@ -196,13 +196,15 @@ fn resumed_at(
                 });
             match parsed {
                 Some((first, last, total))
-                    if first == offset && last + 1 == size && total == size.to_string() =>
+                    if first == offset
+                        && last.checked_add(1) == Some(size)
+                        && total == size.to_string() =>
                 {
                     Ok(0)
                 }
                 _ => Err(format!(
                     "has Content-Range {range:?}, not bytes {offset}-{}/{size}",
-                    size - 1
+                    size.saturating_sub(1)
                 )),
             }
         }

@@ -22,6 +22,16 @@ pub struct Route<'a> {
 #[error("no upstream named {0:?} is configured")]
 pub struct UnknownUpstream(pub String);
 
+/// Why a request cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownUpstream),
+    /// The upstream's `allow_repositories` or `deny_repositories` refuse it.
+    #[error("repository {repo} on {upstream} is denied by this mirror's configuration")]
+    Denied { upstream: String, repo: String },
+}
+
 /// Splits `ns` and `name` into a route; `configured` says whether an
 /// upstream of that name exists and is enabled.
 pub fn route<'a>(

@@ -10,6 +10,7 @@ pub mod client;
 pub mod daemons;
 pub mod disk;
 pub mod docs;
+pub mod hostile;
 pub mod hubsim;
 pub mod image;
 pub mod process;
