@@ -10,10 +10,13 @@
 //! - [`upstream`]: the configured registries, their auth and rate limits.
 //! - [`config`], [`metrics`], [`digest`], [`reference`], [`singleflight`]:
 //!   the shared pieces.
+//! - [`status`]: the operator's view (status page, `pullthrough status`).
+//! - [`cli`]: the operator commands `status`, `warm` and `doctor`.
 //! - [`server`]: wires it all together and serves until shutdown.
 
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod metrics;
@@ -21,4 +24,5 @@ pub mod reference;
 pub mod registry;
 pub mod server;
 pub mod singleflight;
+pub mod status;
 pub mod upstream;

@@ -15,6 +15,7 @@
 
 mod auth;
 mod budget;
+mod check;
 mod circuit;
 mod error;
 mod exchange;
@@ -36,6 +37,7 @@ use reqwest::{Response, Url};
 
 pub use auth::Challenge;
 pub use budget::{Budget, BudgetState, Standing};
+pub use check::BaseAnswer;
 pub use error::{ErrorKind, UpstreamError};
 pub use manifest::{Manifest, NotAManifest};
 pub use referrers::{FILTERS_APPLIED, OCI_INDEX, is_index};
