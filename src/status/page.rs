@@ -156,7 +156,14 @@ fn chart(html: &mut String, s: &Snapshot) {
         );
         if p.lookups > 0 {
             let ratio = p.hits as f64 / p.lookups as f64;
-            let _ = write!(line, "{:.1},{:.1} ", x + slot / 2.0, h - ratio * (h - 10.0));
+            let (cx, cy) = (x + slot / 2.0, h - ratio * (h - 10.0));
+            let _ = write!(line, "{cx:.1},{cy:.1} ");
+            let _ = write!(
+                html,
+                r##"<circle class="ratio" cx="{cx:.1}" cy="{cy:.1}" r="3" fill="#2a7a2a"><title>{:.1}% of {} lookups</title></circle>"##,
+                ratio * 100.0,
+                p.lookups
+            );
         }
     }
     if !line.is_empty() {
