@@ -89,7 +89,10 @@ fn every_panel_has_a_query_and_the_issue_is_covered() {
         "pullthrough_download_clients",
         "pullthrough_upstream_ratelimit_remaining",
     ] {
-        assert!(used.contains(needed), "the dashboard does not show {needed}");
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
     }
 }
 
@@ -108,7 +111,9 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     let proxy = Proxy::start(config).await;
     let client = Client::new(&proxy.url);
     for n in 0..4u64 {
-        let layers: Vec<Bytes> = (0..2).map(|i| random_bytes(256 * 1024, n * 10 + i)).collect();
+        let layers: Vec<Bytes> = (0..2)
+            .map(|i| random_bytes(256 * 1024, n * 10 + i))
+            .collect();
         let repo = format!("library/app{n}");
         sim.push_image(&repo, "v1", &layers);
         client.pull(&repo, "v1").await;
@@ -116,8 +121,10 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         client.pull(&repo, "v1").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    support::wait_until_async(async || proxy.metric("pullthrough_cache_evictions_total", &[]) > 0.0)
-        .await;
+    support::wait_until_async(async || {
+        proxy.metric("pullthrough_cache_evictions_total", &[]) > 0.0
+    })
+    .await;
     let metrics = reqwest::get(format!("{}/metrics", proxy.url))
         .await
         .unwrap()
@@ -131,7 +138,10 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     assert!(!all.is_empty());
     for query in &all {
         let names = metric_names(query);
-        assert!(!names.is_empty(), "a query reads no pullthrough metric: {query}");
+        assert!(
+            !names.is_empty(),
+            "a query reads no pullthrough metric: {query}"
+        );
         for name in names {
             assert!(
                 exported.contains(&name),

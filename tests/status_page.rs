@@ -47,7 +47,8 @@ fn shown(dom: &str, id: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_renders_in_chromium_and_matches_the_metrics() {
     let sim = HubSim::start().await;
-    let layers = |seed: u64| -> Vec<Bytes> { (0..2).map(|n| random_bytes(64 * 1024, seed + n)).collect() };
+    let layers =
+        |seed: u64| -> Vec<Bytes> { (0..2).map(|n| random_bytes(64 * 1024, seed + n)).collect() };
     sim.push_image("library/alpha", "v1", &layers(10));
     sim.push_image("library/beta", "v1", &layers(20));
     let dir = tempfile::tempdir().unwrap();
@@ -87,31 +88,70 @@ async fn the_page_renders_in_chromium_and_matches_the_metrics() {
             "pullthrough_upstream_ratelimit_limit",
             vec![("upstream", "docker.io")],
         ),
-        ("bytes-disk", "pullthrough_cache_bytes", vec![("tier", "disk")]),
-        ("objects-disk", "pullthrough_cache_objects", vec![("tier", "disk")]),
-        ("bytes-memory", "pullthrough_cache_bytes", vec![("tier", "memory")]),
-        ("objects-memory", "pullthrough_cache_objects", vec![("tier", "memory")]),
-        ("served-upstream", "pullthrough_served_bytes_total", vec![("tier", "upstream")]),
-        ("served-memory", "pullthrough_served_bytes_total", vec![("tier", "memory")]),
+        (
+            "bytes-disk",
+            "pullthrough_cache_bytes",
+            vec![("tier", "disk")],
+        ),
+        (
+            "objects-disk",
+            "pullthrough_cache_objects",
+            vec![("tier", "disk")],
+        ),
+        (
+            "bytes-memory",
+            "pullthrough_cache_bytes",
+            vec![("tier", "memory")],
+        ),
+        (
+            "objects-memory",
+            "pullthrough_cache_objects",
+            vec![("tier", "memory")],
+        ),
+        (
+            "served-upstream",
+            "pullthrough_served_bytes_total",
+            vec![("tier", "upstream")],
+        ),
+        (
+            "served-memory",
+            "pullthrough_served_bytes_total",
+            vec![("tier", "memory")],
+        ),
         ("downloads-active", "pullthrough_downloads_active", vec![]),
     ];
     for (id, metric, labels) in pairs {
         let expected = metric_sum(&metrics, metric, &labels);
-        assert_eq!(shown(&dom, id), expected, "#{id} against {metric}{labels:?}");
+        assert_eq!(
+            shown(&dom, id),
+            expected,
+            "#{id} against {metric}{labels:?}"
+        );
     }
     // What the traffic makes certain, beyond agreeing with /metrics.
     assert_eq!(shown(&dom, "pulls-spent"), 2.0, "one pull per tag");
     assert!(shown(&dom, "pulls-saved") >= 1.0);
-    assert_eq!(shown(&dom, "remaining-docker.io"), 98.0, "hubsim's 100, less two pulls");
+    assert_eq!(
+        shown(&dom, "remaining-docker.io"),
+        98.0,
+        "hubsim's 100, less two pulls"
+    );
     assert!(shown(&dom, "served-upstream") >= 4.0 * 64.0 * 1024.0);
-    assert!(shown(&dom, "objects-disk") >= 6.0, "two configs and four layers");
+    assert!(
+        shown(&dom, "objects-disk") >= 6.0,
+        "two configs and four layers"
+    );
 
     // The hottest images, alpha first; the error; the chart's one point.
     let alpha = dom.find("library/alpha:v1").expect("alpha is listed");
     let beta = dom.find("library/beta:v1").expect("beta is listed");
     assert!(alpha < beta, "the most requested first");
     assert!(dom.contains("/v2/library/ghost/manifests/none"));
-    assert!(dom.contains(&missing.error_code()), "{}", missing.error_code());
+    assert!(
+        dom.contains(&missing.error_code()),
+        "{}",
+        missing.error_code()
+    );
     assert!(dom.contains(r#"<svg id="chart""#));
     assert!(dom.contains(r#"class="lookups""#), "the chart has no bars");
 
@@ -143,6 +183,10 @@ async fn the_page_renders_in_chromium_and_matches_the_metrics() {
     screenshot(&format!("{}/ui", proxy.url), &png).await;
     let image = std::fs::read(&png).unwrap();
     assert!(image.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert!(image.len() > 10_000, "a blank screenshot: {} bytes", image.len());
+    assert!(
+        image.len() > 10_000,
+        "a blank screenshot: {} bytes",
+        image.len()
+    );
     proxy.stop().await;
 }
