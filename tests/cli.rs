@@ -11,7 +11,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::client::Client;
 use support::hubsim::{HubSim, OCI_INDEX, SimImage, SimOptions};
 use support::process::run_to_end;
 use support::proxy::{self, Proxy};

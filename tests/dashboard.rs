@@ -151,3 +151,37 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_download_gauges_count_one_download_and_each_client_of_it() {
+    let sim = HubSim::start_with(support::hubsim::SimOptions {
+        cdn_bytes_per_sec: Some(1024 * 1024),
+        ..Default::default()
+    })
+    .await;
+    let digest = sim.put_blob(random_bytes(1536 * 1024, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(proxy::config(&sim.registry_url, dir.path())).await;
+    let pulls: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, digest) = (Client::new(&proxy.url), digest.clone());
+            tokio::spawn(async move { client.blob("library/big", &digest).await.unwrap() })
+        })
+        .collect();
+    let gauges = || {
+        let text = proxy.state.metrics.render();
+        (
+            support::metric_sum(&text, "pullthrough_downloads_active", &[]),
+            support::metric_sum(&text, "pullthrough_download_clients", &[]),
+        )
+    };
+    // All three stream from the one download while it is under way.
+    support::wait_until(|| gauges() == (1.0, 3.0)).await;
+    for pull in pulls {
+        let answer = pull.await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body_digest(), digest);
+    }
+    support::wait_until(|| gauges() == (0.0, 0.0)).await;
+    proxy.stop().await;
+}
