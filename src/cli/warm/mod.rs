@@ -6,6 +6,8 @@
 //! and sound. With `pin`, each image is then pinned through the mirror's
 //! `/_pullthrough/pin` endpoint, so eviction never takes it.
 
+mod platform;
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::str::FromStr;
@@ -13,37 +15,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Deserialize;
 
 use super::image::ImageRef;
 use crate::digest::{Digest, Hasher};
 use crate::registry::KNOWN_MANIFEST_TYPES;
+use platform::{ManifestDoc, choose};
+
+pub use platform::Platforms;
 
 /// Blobs downloaded at once.
 const PARALLEL_BLOBS: usize = 4;
-
-/// Which platforms of a multi-platform image to pull.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Platforms {
-    /// `os/arch` or `os/arch/variant`.
-    One(String),
-    /// Every platform but attestations (`unknown/unknown`).
-    All,
-}
-
-impl Platforms {
-    /// This machine's platform, as `linux/amd64` or `linux/arm64`.
-    pub fn host() -> Platforms {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Platforms::One(format!("linux/{arch}"))
-    }
-}
 
 /// What a warm did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,50 +36,6 @@ pub struct Summary {
     pub pinned: usize,
     /// One line per image or blob that failed.
     pub failures: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    os: String,
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-impl Platform {
-    fn matches(&self, wanted: &str) -> bool {
-        let mut parts = wanted.split('/');
-        let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-        os == Some(self.os.as_str())
-            && arch == Some(self.architecture.as_str())
-            && variant.is_none_or(|v| self.variant.as_deref() == Some(v))
-    }
-
-    fn name(&self) -> String {
-        match &self.variant {
-            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
-            None => format!("{}/{}", self.os, self.architecture),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct ManifestDoc {
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
 }
 
 /// One blob to fetch, through the repository that references it.
@@ -212,30 +149,8 @@ impl Warmer {
         match top.manifests {
             None => images.push(top),
             Some(entries) => {
-                let chosen: Vec<&Descriptor> = entries
-                    .iter()
-                    .filter(|d| match (&self.platforms, &d.platform) {
-                        (Platforms::All, Some(p)) => p.os != "unknown",
-                        (Platforms::All, None) => true,
-                        (Platforms::One(wanted), Some(p)) => p.matches(wanted),
-                        (Platforms::One(_), None) => false,
-                    })
-                    .collect();
-                if chosen.is_empty() {
-                    let offered: Vec<String> = entries
-                        .iter()
-                        .filter_map(|d| d.platform.as_ref().map(Platform::name))
-                        .collect();
-                    let wanted = match &self.platforms {
-                        Platforms::One(p) => p.as_str(),
-                        Platforms::All => "any platform",
-                    };
-                    return Err(format!(
-                        "{}: no {wanted} in the index (it has {}); use --platform or --all-platforms",
-                        image.full(),
-                        offered.join(", ")
-                    ));
-                }
+                let chosen = choose(&entries, &self.platforms)
+                    .map_err(|why| format!("{}: {why}", image.full()))?;
                 for entry in chosen {
                     let (_, doc) = self.manifest(image, &entry.digest).await?;
                     summary.manifests += 1;
@@ -459,18 +374,5 @@ mod tests {
             read_list(list),
             vec!["nginx:1.27", "alpine:3.20", "ghcr.io/org/app:1"]
         );
-    }
-
-    #[test]
-    fn platforms_match_with_or_without_variant() {
-        let p = Platform {
-            os: "linux".into(),
-            architecture: "arm".into(),
-            variant: Some("v7".into()),
-        };
-        assert!(p.matches("linux/arm"));
-        assert!(p.matches("linux/arm/v7"));
-        assert!(!p.matches("linux/arm/v6"));
-        assert!(!p.matches("linux/arm64"));
     }
 }
