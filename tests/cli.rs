@@ -301,6 +301,20 @@ async fn doctor_names_each_fault_of_a_broken_setup_with_its_fix() {
     })
     .await;
     let good = tempfile::tempdir().unwrap();
+
+    // https to a port that speaks plain http.
+    let https = sim.registry_url.replace("http://", "https://");
+    let (ok, out) = run(doctor(&https, good.path(), &s3, SECRET_KEY)).await;
+    assert!(!ok, "{out}");
+    assert!(line(&out, "docker.io", "tcp").0.starts_with('✓'), "{out}");
+    let (text, hint) = line(&out, "docker.io", "tls");
+    assert!(text.starts_with('✗'), "{text}");
+    assert!(
+        hint.contains("if the port speaks plain http, use an http:// URL"),
+        "{hint}"
+    );
+    assert!(line(&out, "docker.io", "v2").0.starts_with('·'), "{out}");
+
     let mut command = doctor(&sim.registry_url, good.path(), &s3, SECRET_KEY);
     command
         .env("PULLTHROUGH_UPSTREAM_DOCKER_IO_USERNAME", "ci")

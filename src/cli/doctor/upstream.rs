@@ -1,6 +1,9 @@
 //! The checks of one upstream, in the order a request meets them: DNS,
 //! TCP, TLS, `/v2/` with the token flow, the clock, and the pull budget.
-//! A check that fails skips the ones that need it.
+//! A check that fails skips the ones that need it. TLS is judged from the
+//! `/v2/` request, made by the client pulls use (same roots, same
+//! settings): after DNS and TCP worked, a failure to connect is the
+//! handshake's.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -134,12 +137,15 @@ fn dns_hint(name: &str) -> String {
     )
 }
 
+/// Whether `/v2/` failed in the TLS handshake: a connection error after
+/// DNS and TCP both just worked, or any error that names TLS.
 fn is_tls(e: &UpstreamError) -> bool {
     let detail = e.detail.to_lowercase();
-    matches!(e.kind, ErrorKind::Connect | ErrorKind::Transport)
-        && ["certificate", "tls", "handshake", "ssl"]
-            .iter()
-            .any(|w| detail.contains(w))
+    e.kind == ErrorKind::Connect
+        || (e.kind == ErrorKind::Transport
+            && ["certificate", "tls", "handshake", "ssl"]
+                .iter()
+                .any(|w| detail.contains(w)))
 }
 
 fn base_failure(name: &str, e: &UpstreamError, credentials: bool) -> Check {
