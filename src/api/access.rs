@@ -119,10 +119,16 @@ fn post_to_board(
     outcome: &str,
 ) {
     let status = response.status();
+    // Named as routed, so `alpine`, `library/alpine` and containerd's
+    // `?ns=docker.io` count as one image.
     if kind == Some(EndpointKind::Manifest)
         && status.is_success()
-        && let Some(image) = crate::status::image_of(uri.path(), uri.query())
+        && let Some((ns, name, reference)) =
+            crate::status::manifest_request(uri.path(), uri.query())
+        && let Ok(repo) = crate::reference::RepoName::parse(name)
+        && let Ok((upstream, repo)) = state.registry.route(ns, &repo)
     {
+        let image = crate::status::image_name(upstream.name(), repo.as_str(), reference);
         state.board.count_image(&image);
     }
     if status.is_client_error() || status.is_server_error() {

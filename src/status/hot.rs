@@ -64,10 +64,13 @@ impl HotImages {
     }
 }
 
-/// The image a manifest request names, as `[ns/]name:tag` or
-/// `[ns/]name@digest`, from its path (`/v2/<name>/manifests/<ref>`) and
-/// its `ns` query parameter; `None` for any other path.
-pub fn image_of(path: &str, query: Option<&str>) -> Option<String> {
+/// What a manifest request names: its `ns` query parameter (if any), the
+/// repository and the tag or digest, from `/v2/<name>/manifests/<ref>`;
+/// `None` for any other path.
+pub fn manifest_request<'r>(
+    path: &'r str,
+    query: Option<&'r str>,
+) -> Option<(Option<&'r str>, &'r str, &'r str)> {
     let (name, reference) = path.strip_prefix("/v2/")?.rsplit_once("/manifests/")?;
     if name.is_empty() || reference.is_empty() {
         return None;
@@ -77,11 +80,14 @@ pub fn image_of(path: &str, query: Option<&str>) -> Option<String> {
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("ns="))
         .filter(|ns| !ns.is_empty());
+    Some((ns, name, reference))
+}
+
+/// An image as the hottest list shows it: `registry/repository:tag` or
+/// `registry/repository@digest`.
+pub fn image_name(registry: &str, repository: &str, reference: &str) -> String {
     let separator = if reference.contains(':') { '@' } else { ':' };
-    Some(match ns {
-        Some(ns) => format!("{ns}/{name}{separator}{reference}"),
-        None => format!("{name}{separator}{reference}"),
-    })
+    format!("{registry}/{repository}{separator}{reference}")
 }
 
 #[cfg(test)]
@@ -89,17 +95,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn images_are_named_from_manifest_paths() {
+    fn manifest_requests_are_read_from_their_paths() {
         assert_eq!(
-            image_of("/v2/library/nginx/manifests/1.27", None).as_deref(),
-            Some("library/nginx:1.27")
+            manifest_request("/v2/library/nginx/manifests/1.27", None),
+            Some((None, "library/nginx", "1.27"))
         );
         assert_eq!(
-            image_of("/v2/org/app/manifests/sha256:ab", Some("x=1&ns=ghcr.io")).as_deref(),
-            Some("ghcr.io/org/app@sha256:ab")
+            manifest_request("/v2/org/app/manifests/sha256:ab", Some("x=1&ns=ghcr.io")),
+            Some((Some("ghcr.io"), "org/app", "sha256:ab"))
         );
-        assert_eq!(image_of("/v2/org/app/blobs/sha256:ab", None), None);
-        assert_eq!(image_of("/metrics", None), None);
+        assert_eq!(manifest_request("/v2/org/app/blobs/sha256:ab", None), None);
+        assert_eq!(manifest_request("/metrics", None), None);
+        assert_eq!(
+            image_name("ghcr.io", "org/app", "sha256:ab"),
+            "ghcr.io/org/app@sha256:ab"
+        );
+        assert_eq!(
+            image_name("docker.io", "library/nginx", "1"),
+            "docker.io/library/nginx:1"
+        );
     }
 
     #[test]
