@@ -11,7 +11,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::hubsim::{HubSim, OCI_INDEX, SimImage, SimOptions};
+use support::hubsim::profile::SimAuth;
+use support::hubsim::{Fault, FaultTarget, HubSim, OCI_INDEX, SimImage, SimOptions};
 use support::process::run_to_end;
 use support::proxy::{self, Proxy};
 use support::random_bytes;
@@ -333,4 +334,43 @@ async fn doctor_names_each_fault_of_a_broken_setup_with_its_fix() {
         "{hint}"
     );
     assert!(out.contains("1 failed"), "only the credentials: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_refuses_bytes_that_do_not_match_their_digest() {
+    // Warm straight against a registry that corrupts: pullthrough itself
+    // never serves such bytes, so its own check is what is under test.
+    let sim = HubSim::start_with(SimOptions {
+        auth: SimAuth::None,
+        ..SimOptions::default()
+    })
+    .await;
+    let image = sim.push_image("library/bent", "1", &[random_bytes(64 * 1024, 5)]);
+    sim.set_fault(FaultTarget::Blobs, Fault::WrongBytes, None);
+    let (ok, out) = run(pullthrough(&["warm", "--url", &sim.registry_url, "bent:1"])).await;
+    assert!(!ok, "{out}");
+    let layer = &image.layer_digests[0];
+    assert!(
+        out.contains(&format!(
+            "✗ docker.io/library/bent:1: blob {layer}: the bytes hash to sha256:"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("warmed 0 images") && out.contains("2 failures"),
+        "{out}"
+    );
+
+    sim.clear_faults();
+    sim.set_fault(FaultTarget::Manifests, Fault::WrongBytes, None);
+    let (ok, out) = run(pullthrough(&["warm", "--url", &sim.registry_url, "bent:1"])).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("manifest 1: the bytes hash to sha256:"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("not {}", image.manifest_digest)),
+        "{out}"
+    );
 }
