@@ -67,6 +67,10 @@ async fn the_page_renders_in_chromium_and_matches_the_metrics() {
     // first tick may add an empty one).
     state.board.sample(&state.metrics, 2);
 
+    // Downloads are stored just after they are served: wait for all
+    // eight objects (two manifests, two configs, four layers) to settle.
+    support::wait_until(|| proxy.metric("pullthrough_cache_objects", &[("tier", "disk")]) == 8.0)
+        .await;
     let metrics = scrape(&proxy).await;
     let dom = dump_dom(&format!("{}/", proxy.url)).await;
     assert!(dom.contains("<title>pullthrough status</title>"), "{dom}");
@@ -171,6 +175,11 @@ async fn the_page_renders_in_chromium_and_matches_the_metrics() {
     assert_eq!(json["pulls"]["spent"].as_f64(), Some(2.0));
     assert_eq!(json["hottest"][0]["image"], "docker.io/library/alpha:v1");
     assert_eq!(json["hottest"][0]["requests"], 2);
+    // The browser asked for nothing beyond the page (no favicon), so the
+    // one error is the test's own.
+    let errors = json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["path"], "/v2/library/ghost/manifests/none");
     // The history started before the traffic, so it holds all of it.
     let charted: u64 = json["history"]
         .as_array()

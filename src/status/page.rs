@@ -56,7 +56,7 @@ pub fn render_page(snapshot: &Snapshot) -> String {
     let mut html = String::with_capacity(16 * 1024);
     let _ = write!(
         html,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_SECS}"><title>pullthrough status</title><style>{STYLE}</style></head><body><h1>pullthrough</h1><p class="muted">as of {}</p>"#,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_SECS}"><link rel="icon" href="data:,"><title>pullthrough status</title><style>{STYLE}</style></head><body><h1>pullthrough</h1><p class="muted">as of {}</p>"#,
         time(snapshot.generated_at)
     );
     summary(&mut html, snapshot);
