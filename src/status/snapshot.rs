@@ -181,7 +181,6 @@ fn requests(samples: &Samples) -> Requests {
 }
 
 fn upstreams(registry: &Registry, samples: &Samples, now: u64) -> Vec<UpstreamStatus> {
-    let label = |m: &prometheus::proto::Metric, name: &str| Samples::label(m, name).to_owned();
     registry
         .upstreams()
         .iter()
@@ -207,10 +206,10 @@ fn upstreams(registry: &Registry, samples: &Samples, now: u64) -> Vec<UpstreamSt
                 circuit: circuit_name(gauge("pullthrough_upstream_circuit_state").unwrap_or(0))
                     .to_owned(),
                 pulls_spent: samples.sum("pullthrough_upstream_pulls_total", |m| {
-                    label(m, "upstream") == name
+                    Samples::label(m, "upstream") == name
                 }),
                 pulls_saved: samples.sum("pullthrough_pulls_avoided_total", |m| {
-                    label(m, "upstream") == name
+                    Samples::label(m, "upstream") == name
                 }),
             }
         })
