@@ -10,12 +10,15 @@
 //! - [`upstream`]: the configured registries, their auth and rate limits.
 //! - [`config`], [`metrics`], [`digest`], [`reference`], [`singleflight`]:
 //!   the shared pieces.
+//! - [`status`]: the operator's view (status page, `pullthrough status`).
+//! - [`cli`]: the operator commands `status`, `warm` and `doctor`.
 //! - [`server`]: wires it all together and serves until shutdown.
 //! - `parsers`: every parser of client or upstream input in one place, for
 //!   the property tests and the fuzz targets (`fuzz/`); not an API.
 
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod metrics;
@@ -25,4 +28,5 @@ pub mod reference;
 pub mod registry;
 pub mod server;
 pub mod singleflight;
+pub mod status;
 pub mod upstream;

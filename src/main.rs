@@ -28,6 +28,56 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration as TOML (credentials redacted) and exit.
     Config(ServeArgs),
+    /// Show a running mirror's status: hit ratio, pulls, budgets, cache, hottest images, errors.
+    Status(StatusArgs),
+    /// Pre-pull images into a running mirror through its registry API.
+    Warm(WarmArgs),
+    /// Check the upstreams, S3 and the data directory of the configuration `serve` would use.
+    Doctor(DoctorArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The mirror's base URL.
+    #[arg(long, env = "PULLTHROUGH_URL", default_value = "http://127.0.0.1:5000")]
+    url: String,
+    /// Print the status as JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct WarmArgs {
+    /// Images such as nginx:1.27, ghcr.io/org/app:1 or name@sha256:...
+    images: Vec<String>,
+    /// The mirror's base URL.
+    #[arg(long, env = "PULLTHROUGH_URL", default_value = "http://127.0.0.1:5000")]
+    url: String,
+    /// The platform to pull from multi-platform images [default: this machine's, linux/<arch>].
+    #[arg(
+        long,
+        value_name = "OS/ARCH[/VARIANT]",
+        conflicts_with = "all_platforms"
+    )]
+    platform: Option<String>,
+    /// Pull every platform of multi-platform images.
+    #[arg(long)]
+    all_platforms: bool,
+    /// Pin each image so eviction never takes it.
+    #[arg(long)]
+    pin: bool,
+    /// Read more images from a file, one per line (`#` starts a comment).
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Check only this upstream (by name, such as docker.io).
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
 }
 
 /// Every flag can also be set by its `PULLTHROUGH_*` variable or in the file.
@@ -110,11 +160,24 @@ impl ServeArgs {
     }
 }
 
+mod ops;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, serve) = match cli.command {
         Command::Serve(args) => (args, true),
         Command::Config(args) => (args, false),
+        Command::Status(args) => return ops::status(args.url, args.json),
+        Command::Warm(args) => return ops::warm(args),
+        Command::Doctor(args) => {
+            return match args.serve.load() {
+                Ok(config) => ops::doctor(&config, args.only.as_deref()),
+                Err(e) => {
+                    eprintln!("pullthrough: invalid configuration: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let config = match args.load() {
         Ok(config) => config,

@@ -57,6 +57,80 @@ pub struct Collectors {
     pub egress_refused: IntCounterVec,
     /// Size, bounds and evictions of the cache tiers.
     pub cache: CacheCollectors,
+    /// What a dashboard needs beside the above.
+    pub traffic: TrafficCollectors,
+}
+
+/// Bytes served, upstream latency and the downloads in flight.
+pub struct TrafficCollectors {
+    /// Body bytes of successful manifest and blob GETs, by where they came
+    /// from: `memory`, `disk`, `s3`, `upstream`, or `cache` for a cached
+    /// manifest served after a revalidation, as stale or from the reserve.
+    pub served_bytes: IntCounterVec,
+    /// Time from sending an upstream request to its response head, per hop.
+    pub upstream_seconds: HistogramVec,
+    /// Blob downloads running now (one per digest, however many clients).
+    pub downloads_active: prometheus::IntGauge,
+    /// Clients streaming a blob from a shared download now.
+    pub download_clients: prometheus::IntGauge,
+}
+
+impl TrafficCollectors {
+    fn register(registry: &Registry) -> Self {
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pullthrough_upstream_request_duration_seconds",
+                "Time from sending an upstream request to its response head, by upstream and request kind (each redirect hop on its own).",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["upstream", "kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_seconds.clone()))
+            .expect("metric registered once");
+        let int_gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        TrafficCollectors {
+            served_bytes: counter(
+                registry,
+                "pullthrough_served_bytes_total",
+                "Body bytes of successful manifest and blob GETs (from Content-Length), by the tier that answered: memory, disk, s3, upstream, or cache (a cached manifest after revalidation, stale or reserve).",
+                &["tier"],
+            ),
+            upstream_seconds,
+            downloads_active: int_gauge(
+                "pullthrough_downloads_active",
+                "Blob downloads running now, one per digest however many clients share it.",
+            ),
+            download_clients: int_gauge(
+                "pullthrough_download_clients",
+                "Clients streaming a blob from a shared download now.",
+            ),
+        }
+    }
+}
+
+/// Holds a gauge one higher for as long as it lives, however it ends.
+pub struct GaugeHeld(prometheus::IntGauge);
+
+impl GaugeHeld {
+    /// Raises `gauge` by one until the value is dropped.
+    pub fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        GaugeHeld(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHeld {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The cache tiers' size and evictions, labelled by `tier`.
@@ -264,6 +338,7 @@ impl Metrics {
             &["tier", "reason"],
         );
         let cache = CacheCollectors::register(&registry);
+        let traffic = TrafficCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -286,14 +361,20 @@ impl Metrics {
             cache_store_failures,
             cache,
             egress_refused,
+            traffic,
         }))
+    }
+
+    /// Every sample now: what `/metrics` renders and the status page reads.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The text exposition format, for `GET /metrics`.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.gather(), &mut out)
             .expect("encode metrics");
         String::from_utf8(out).expect("metrics are UTF-8")
     }

@@ -56,7 +56,13 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let registry = Registry::new(upstreams, cache, config, metrics.clone())?;
     registry.spawn_budget_sharing(config.budget.share_interval);
     registry.limit_tag_records(config.disk.max_tag_records);
-    Ok(AppState { registry, metrics })
+    let board = crate::status::Board::new();
+    board.spawn_sampler(metrics.clone());
+    Ok(AppState {
+        registry,
+        metrics,
+        board,
+    })
 }
 
 /// Binds the configured address.

@@ -58,6 +58,18 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
+    if method == http::Method::GET
+        && status.is_success()
+        && matches!(kind, Some(EndpointKind::Manifest | EndpointKind::Blob))
+        && let (Some(tier), Ok(bytes)) = (served_from(outcome), size.parse::<u64>())
+    {
+        state
+            .metrics
+            .traffic
+            .served_bytes
+            .with_label_values(&[tier])
+            .inc_by(bytes);
+    }
     tracing::info!(
         target: "pullthrough::access",
         method = %method,
@@ -67,6 +79,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         size,
         ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
     );
+    post_to_board(&state, &method, &uri, &response, kind, outcome);
     if let Some(kind) = kind {
         let kind = kind.as_str();
         state
@@ -81,4 +94,55 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             .observe(elapsed.as_secs_f64());
     }
     response
+}
+
+/// The `tier` label of `pullthrough_served_bytes_total` for an outcome.
+fn served_from(outcome: &str) -> Option<&'static str> {
+    Some(match outcome {
+        "hit-memory" => "memory",
+        "hit-disk" => "disk",
+        "hit-s3" | "hit-shared" => "s3",
+        "miss" | "coalesced" | "relayed" => "upstream",
+        "revalidated" | "stale" | "reserve" => "cache",
+        _ => return None,
+    })
+}
+
+/// Counts manifest requests for the hottest images and keeps error
+/// answers for the status page.
+fn post_to_board(
+    state: &AppState,
+    method: &http::Method,
+    uri: &http::Uri,
+    response: &Response,
+    kind: Option<EndpointKind>,
+    outcome: &str,
+) {
+    let status = response.status();
+    // Named as routed, so `alpine`, `library/alpine` and containerd's
+    // `?ns=docker.io` count as one image.
+    if kind == Some(EndpointKind::Manifest)
+        && status.is_success()
+        && let Some((ns, name, reference)) =
+            crate::status::manifest_request(uri.path(), uri.query())
+        && let Ok(repo) = crate::reference::RepoName::parse(name)
+        && let Ok((upstream, repo)) = state.registry.route(ns, &repo)
+    {
+        let image = crate::status::image_name(upstream.name(), repo.as_str(), reference);
+        state.board.count_image(&image);
+    }
+    if status.is_client_error() || status.is_server_error() {
+        let note = response.extensions().get::<super::ErrorNote>();
+        state.board.error(crate::status::ErrorEntry {
+            at: crate::status::now_secs(),
+            method: method.to_string(),
+            path: uri.to_string(),
+            status: status.as_u16(),
+            code: note.map_or("-", |n| n.code).to_owned(),
+            message: note.map_or_else(
+                || status.canonical_reason().unwrap_or(outcome).to_owned(),
+                |n| n.message.clone(),
+            ),
+        });
+    }
 }

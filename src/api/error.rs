@@ -124,8 +124,20 @@ impl ApiError {
     }
 }
 
+/// The code and message of an error answer, kept on the response for the
+/// access record (the body is already a stream by then).
+#[derive(Clone, Debug)]
+pub struct ErrorNote {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let note = ErrorNote {
+            code: self.code,
+            message: self.message.clone(),
+        };
         let body = serde_json::json!({
             "errors": [{ "code": self.code, "message": self.message, "detail": null }]
         });
@@ -140,6 +152,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        response.extensions_mut().insert(note);
         response
     }
 }

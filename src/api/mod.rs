@@ -1,5 +1,6 @@
 //! The HTTP API: the OCI distribution pull endpoints under `/v2/`, plus
-//! `/metrics`, `/healthz`, `/readyz` and the operators' `/_pullthrough/pin`.
+//! `/metrics`, `/healthz`, `/readyz`, the operators' `/_pullthrough/pin`
+//! and the status page at `/ui` (see [`crate::status`]).
 //!
 //! Handlers only extract, delegate to the [`Registry`] and shape the
 //! response. Every response passes through [`access::record`], which writes
@@ -15,6 +16,7 @@ mod health;
 mod manifests;
 pub(crate) mod range;
 mod referrers;
+mod status;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -23,7 +25,7 @@ use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorNote};
 pub use health::starting_router;
 pub use range::ByteRange;
 
@@ -36,6 +38,8 @@ use crate::registry::{ClientId, Outcome, Registry};
 pub struct AppState {
     pub registry: Registry,
     pub metrics: Metrics,
+    /// Hottest images, recent errors and history for the status page.
+    pub board: crate::status::Board,
 }
 
 /// The whole API, ready to serve or to drive with `oneshot` in tests.
@@ -47,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/", get(status::root))
+        .route("/ui", get(status::page))
+        .route("/ui/status.json", get(status::json))
         .route(
             "/_pullthrough/pin",
             get(admin::pins).post(admin::pin).delete(admin::pin),

@@ -135,6 +135,8 @@ impl Progress {
 #[derive(Clone)]
 pub struct Flight {
     progress: watch::Receiver<Progress>,
+    /// `pullthrough_download_clients`, raised while a client streams.
+    clients: prometheus::IntGauge,
 }
 
 impl Flight {
@@ -158,7 +160,8 @@ impl Flight {
     /// Streams bytes `start..end` (clamped to the final size) as they
     /// arrive. Call after [`Flight::ready`] succeeded.
     pub fn stream(&self, start: u64, end: u64) -> ByteStream {
-        follow(self.progress.clone(), start, end)
+        let counted = crate::metrics::GaugeHeld::new(&self.clients);
+        follow(self.progress.clone(), start, end, counted)
     }
 }
 
@@ -180,7 +183,10 @@ impl Flights {
 
     /// The download of `key`, if one is running.
     pub fn get(&self, key: &ObjectKey) -> Option<Flight> {
-        self.running.get(key).map(|progress| Flight { progress })
+        self.running.get(key).map(|progress| Flight {
+            progress,
+            clients: self.metrics.traffic.download_clients.clone(),
+        })
     }
 
     /// Joins the running download of `key`, or starts one that re-checks
@@ -198,7 +204,8 @@ impl Flights {
                 .join_or_start(key, Progress::Connecting, move |progress| {
                     download(work_key, cache, source, progress, metrics)
                 });
-        (Flight { progress }, joined)
+        let clients = self.metrics.traffic.download_clients.clone();
+        (Flight { progress, clients }, joined)
     }
 }
 
@@ -212,6 +219,7 @@ async fn download<S>(
 ) where
     S: Future<Output = Result<Source, SourceError>>,
 {
+    let _active = crate::metrics::GaugeHeld::new(&metrics.traffic.downloads_active);
     if let Some(done) = recheck(&key, &cache).await {
         progress.send_replace(done);
         return;

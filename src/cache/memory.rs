@@ -45,6 +45,11 @@ impl MemoryTier {
         (self.objects.weighted_size(), self.objects.entry_count())
     }
 
+    /// The bytes the tier may hold in all.
+    pub fn capacity(&self) -> u64 {
+        self.objects.policy().max_capacity().unwrap_or(0)
+    }
+
     /// A synchronous lookup for the hot path: no future, no allocation.
     pub fn get(&self, key: &ObjectKey) -> Option<Object> {
         self.objects.get(key).map(|(meta, bytes)| Object {

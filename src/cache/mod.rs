@@ -31,7 +31,7 @@ pub use flight::{Flight, FlightError, Flights, Origin, Source, SourceError};
 pub use memory::MemoryTier;
 pub use pinning::Pinned;
 pub use read::{ByteStream, read_whole};
-pub use s3::{S3StartError, S3Tier};
+pub use s3::{ProbeFailure, S3StartError, S3Tier};
 pub use tiered::TieredCache;
 
 use crate::digest::{Digest, DigestMismatch};

@@ -82,12 +82,18 @@ impl AsRef<[u8]> for Mapped {
 
 /// Streams bytes `start..end` of a download as its `progress` allows
 /// (`end` is clamped to the final size; `u64::MAX` reads to the end).
-pub(super) fn follow(progress: watch::Receiver<Progress>, start: u64, end: u64) -> ByteStream {
+pub(super) fn follow(
+    progress: watch::Receiver<Progress>,
+    start: u64,
+    end: u64,
+    counted: crate::metrics::GaugeHeld,
+) -> ByteStream {
     let follower = Follower {
         progress,
         pos: start,
         end,
         finished: false,
+        _counted: counted,
     };
     Box::pin(futures_util::stream::unfold(
         follower,
@@ -113,6 +119,8 @@ struct Follower {
     pos: u64,
     end: u64,
     finished: bool,
+    /// Counts this client in `pullthrough_download_clients` while it reads.
+    _counted: crate::metrics::GaugeHeld,
 }
 
 impl Follower {

@@ -16,6 +16,8 @@
 //! queued) rather than slowing every request. The first call that succeeds
 //! again ends the degraded state, and queued writes are caught up.
 
+mod check;
+pub use check::ProbeFailure;
 mod get;
 mod parts;
 

@@ -105,5 +105,15 @@ impl Registry {
             .objects
             .with_label_values(&["memory"])
             .set(objects as i64);
+        let capacity = self.inner.cache.memory().capacity();
+        cache
+            .capacity
+            .with_label_values(&["memory"])
+            .set(capacity.min(i64::MAX as u64) as i64);
+    }
+
+    /// The configured upstreams, for the status page and its budgets.
+    pub fn upstreams(&self) -> &crate::upstream::Upstreams {
+        &self.inner.upstreams
     }
 }

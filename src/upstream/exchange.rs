@@ -133,7 +133,14 @@ impl Upstream {
         {
             request = request.header(header::AUTHORIZATION, auth);
         }
-        request.send().await.map_err(|e| self.failed(ask.kind, &e))
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        self.metrics
+            .traffic
+            .upstream_seconds
+            .with_label_values(&[&self.name, ask.kind])
+            .observe(started.elapsed().as_secs_f64());
+        sent.map_err(|e| self.failed(ask.kind, &e))
     }
 
     /// Where a redirect points, resolved against the URL that sent it.

@@ -16,6 +16,7 @@
 
 mod auth;
 pub(crate) mod budget;
+mod check;
 mod circuit;
 mod egress;
 mod error;
@@ -39,6 +40,7 @@ use reqwest::{Response, Url};
 
 pub use auth::Challenge;
 pub use budget::{Budget, BudgetState, Standing};
+pub use check::BaseAnswer;
 pub use error::{ErrorKind, UpstreamError};
 pub use manifest::{Manifest, NotAManifest};
 pub use referrers::{FILTERS_APPLIED, OCI_INDEX, is_index};

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod artifact;
+pub mod browser;
 pub mod client;
 pub mod daemons;
 pub mod disk;

@@ -1,0 +1,151 @@
+//! The hottest images in bounded memory: the space-saving algorithm
+//! (Metwally et al.) keeps at most `capacity` counters. An image not yet
+//! counted, arriving when every counter is taken, replaces the least
+//! counted one and inherits its count, so a count can only be too high,
+//! by at most the count it inherited, and an image requested more often
+//! than `total / capacity` times is always present.
+
+use std::collections::HashMap;
+
+/// Request counts per image reference, at most `capacity` of them.
+#[derive(Debug)]
+pub struct HotImages {
+    capacity: usize,
+    counts: HashMap<String, u64>,
+}
+
+impl HotImages {
+    /// Room for `capacity` images (at least one).
+    pub fn new(capacity: usize) -> Self {
+        HotImages {
+            capacity: capacity.max(1),
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Counts one request for `image`.
+    pub fn count(&mut self, image: &str) {
+        if let Some(n) = self.counts.get_mut(image) {
+            *n += 1;
+            return;
+        }
+        let mut inherited = 0;
+        if self.counts.len() >= self.capacity {
+            let least = self
+                .counts
+                .iter()
+                .min_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(k, n)| (k.clone(), *n));
+            if let Some((key, n)) = least {
+                self.counts.remove(&key);
+                inherited = n;
+            }
+        }
+        self.counts.insert(image.to_owned(), inherited + 1);
+    }
+
+    /// The `n` most requested, most first (ties by name).
+    pub fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> =
+            self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// How many images are counted now.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether nothing was counted yet.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// What a manifest request names: its `ns` query parameter (if any), the
+/// repository and the tag or digest, from `/v2/<name>/manifests/<ref>`;
+/// `None` for any other path.
+pub fn manifest_request<'r>(
+    path: &'r str,
+    query: Option<&'r str>,
+) -> Option<(Option<&'r str>, &'r str, &'r str)> {
+    let (name, reference) = path.strip_prefix("/v2/")?.rsplit_once("/manifests/")?;
+    if name.is_empty() || reference.is_empty() {
+        return None;
+    }
+    let ns = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("ns="))
+        .filter(|ns| !ns.is_empty());
+    Some((ns, name, reference))
+}
+
+/// An image as the hottest list shows it: `registry/repository:tag` or
+/// `registry/repository@digest`.
+pub fn image_name(registry: &str, repository: &str, reference: &str) -> String {
+    let separator = if reference.contains(':') { '@' } else { ':' };
+    format!("{registry}/{repository}{separator}{reference}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_requests_are_read_from_their_paths() {
+        assert_eq!(
+            manifest_request("/v2/library/nginx/manifests/1.27", None),
+            Some((None, "library/nginx", "1.27"))
+        );
+        assert_eq!(
+            manifest_request("/v2/org/app/manifests/sha256:ab", Some("x=1&ns=ghcr.io")),
+            Some((Some("ghcr.io"), "org/app", "sha256:ab"))
+        );
+        assert_eq!(manifest_request("/v2/org/app/blobs/sha256:ab", None), None);
+        assert_eq!(manifest_request("/metrics", None), None);
+        assert_eq!(
+            image_name("ghcr.io", "org/app", "sha256:ab"),
+            "ghcr.io/org/app@sha256:ab"
+        );
+        assert_eq!(
+            image_name("docker.io", "library/nginx", "1"),
+            "docker.io/library/nginx:1"
+        );
+    }
+
+    #[test]
+    fn exact_while_there_is_room() {
+        let mut hot = HotImages::new(8);
+        for (image, times) in [("a:1", 3), ("b:1", 5), ("c:1", 1)] {
+            for _ in 0..times {
+                hot.count(image);
+            }
+        }
+        assert_eq!(
+            hot.top(2),
+            vec![("b:1".to_owned(), 5), ("a:1".to_owned(), 3)]
+        );
+    }
+
+    #[test]
+    fn bounded_and_keeps_the_heavy_hitters() {
+        // 500 requests over 8 counters: anything above 62 is kept.
+        let mut hot = HotImages::new(8);
+        for round in 0..200 {
+            hot.count("heavy:1");
+            hot.count(&format!("once:{round}"));
+            if round % 2 == 0 {
+                hot.count("medium:1");
+            }
+        }
+        assert_eq!(hot.len(), 8);
+        let top = hot.top(2);
+        assert_eq!(top[0].0, "heavy:1");
+        // Counts never fall below the truth.
+        assert!(top[0].1 >= 200);
+        assert!(hot.top(8).iter().any(|(k, n)| k == "medium:1" && *n >= 100));
+    }
+}
