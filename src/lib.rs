@@ -10,12 +10,15 @@
 //! - [`upstream`]: the configured registries, their auth and rate limits.
 //! - [`config`], [`metrics`], [`digest`], [`reference`], [`singleflight`]:
 //!   the shared pieces.
+//! - [`listen`]: accepts connections (TLS optional) within timeouts and
+//!   limits, and serves the router on them.
 //! - [`server`]: wires it all together and serves until shutdown.
 
 pub mod api;
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod listen;
 pub mod metrics;
 pub mod reference;
 pub mod registry;

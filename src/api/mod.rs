@@ -1,6 +1,9 @@
 //! The HTTP API: the OCI distribution pull endpoints under `/v2/`, plus
 //! `/metrics`, `/healthz`, `/readyz` and the operators' `/_pullthrough/pin`.
 //!
+//! When client authentication is configured, [`auth`] admits or refuses
+//! every request before its handler runs.
+//!
 //! Handlers only extract, delegate to the [`Registry`] and shape the
 //! response. Every response passes through [`access::record`], which writes
 //! the one log line and the metrics of the request from the
@@ -8,6 +11,7 @@
 
 mod access;
 mod admin;
+mod auth;
 mod blobs;
 mod client;
 mod error;
@@ -23,6 +27,7 @@ use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
+pub use auth::{AuthError, ClientAuth};
 pub use error::ApiError;
 pub use health::starting_router;
 pub use range::ByteRange;
@@ -36,6 +41,8 @@ use crate::registry::{ClientId, Outcome, Registry};
 pub struct AppState {
     pub registry: Registry,
     pub metrics: Metrics,
+    /// Client authentication; `None` when it is off.
+    pub auth: Option<std::sync::Arc<ClientAuth>>,
 }
 
 /// The whole API, ready to serve or to drive with `oneshot` in tests.
@@ -51,6 +58,10 @@ pub fn router(state: AppState) -> Router {
             "/_pullthrough/pin",
             get(admin::pins).post(admin::pin).delete(admin::pin),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,

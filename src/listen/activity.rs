@@ -1,0 +1,262 @@
+//! What one connection is doing, and the deadline that follows from it:
+//! a connection reading a request head (or a TLS handshake) must finish it
+//! within the header timeout; one with no request in flight may wait for
+//! the next for the idle timeout; one with a request in flight has no
+//! deadline here.
+//!
+//! hyper's own `header_read_timeout` also starts while a keep-alive
+//! connection waits for its next request, so it would make the idle
+//! timeout as short as the header timeout: both are kept here instead, as
+//! Go's `ReadHeaderTimeout` and `IdleTimeout` are.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The start of every HTTP/2 connection (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// One connection's state, shared by its I/O, its requests and its watchdog.
+pub struct Activity {
+    phase: Mutex<Phase>,
+    changed: Notify,
+}
+
+struct Phase {
+    /// Requests whose responses are not yet fully sent.
+    in_flight: usize,
+    /// When the current wait (for a head, or for the next request) began.
+    since: Instant,
+    /// Waiting for a head to complete (or a handshake), not idle.
+    reading_head: bool,
+    /// Bytes arrived while requests were in flight: the next head has begun.
+    read_while_busy: bool,
+    /// Whether anything was read yet, to spot the HTTP/2 preface.
+    started: bool,
+    /// HTTP/2: frames (pings, window updates) arrive while idle, so a read
+    /// does not start a head; the idle timeout alone applies.
+    h2: bool,
+}
+
+impl Activity {
+    /// A connection accepted now: its head (or handshake) is due within the
+    /// header timeout.
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            phase: Mutex::new(Phase {
+                in_flight: 0,
+                since: Instant::now(),
+                reading_head: true,
+                read_while_busy: false,
+                started: false,
+                h2: false,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the connection as HTTP/2 (from ALPN).
+    pub fn set_h2(&self) {
+        self.phase().h2 = true;
+    }
+
+    fn on_read(&self, data: &[u8]) {
+        let mut phase = self.phase();
+        if !phase.started {
+            phase.started = true;
+            phase.h2 |= data.starts_with(H2_PREFACE);
+        }
+        if phase.in_flight > 0 {
+            phase.read_while_busy = true;
+        } else if !phase.reading_head && !phase.h2 {
+            phase.reading_head = true;
+            phase.since = Instant::now();
+            drop(phase);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A request was dispatched; the guard ends it when dropped (once its
+    /// response body is sent or abandoned).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        let mut phase = self.phase();
+        phase.in_flight += 1;
+        phase.reading_head = false;
+        phase.read_while_busy = false;
+        InFlight(Arc::clone(self))
+    }
+
+    fn end(&self) {
+        let mut phase = self.phase();
+        phase.in_flight -= 1;
+        if phase.in_flight == 0 {
+            phase.since = Instant::now();
+            phase.reading_head = phase.read_while_busy && !phase.h2;
+            drop(phase);
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn deadline(&self, header: Duration, idle: Duration) -> Option<Instant> {
+        let phase = self.phase();
+        match (phase.in_flight, phase.reading_head) {
+            (0, true) => Some(phase.since + header),
+            (0, false) => Some(phase.since + idle),
+            _ => None,
+        }
+    }
+
+    /// Completes when the connection has overstayed its deadline: the
+    /// caller then drops the connection.
+    pub async fn expired(&self, header: Duration, idle: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            match self.deadline(header, idle) {
+                None => changed.await,
+                Some(at) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(at) => {
+                            if self.deadline(header, idle).is_some_and(|d| d <= Instant::now()) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection; see [`Activity::begin`].
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A connection's byte stream, reporting what it reads to its [`Activity`].
+pub struct Watched<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Watched<IO> {
+    pub fn new(inner: IO, activity: Arc<Activity>) -> Self {
+        Watched { inner, activity }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Duration = Duration::from_millis(200);
+    const IDLE: Duration = Duration::from_millis(600);
+
+    #[tokio::test]
+    async fn a_new_connection_is_due_within_the_header_timeout() {
+        let a = Activity::new();
+        let started = Instant::now();
+        a.on_read(b"GET / HT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.on_read(b"TP/1.1\r\n");
+        a.expired(HEADER, IDLE).await;
+        let took = started.elapsed();
+        assert!(
+            took >= HEADER && took < IDLE,
+            "trickled bytes do not extend it: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_response_the_idle_timeout_applies_until_a_byte_arrives() {
+        let a = Activity::new();
+        drop(a.begin());
+        let idle_from = Instant::now();
+        let watchdog = a.clone();
+        let expiry = tokio::spawn(async move {
+            watchdog.expired(HEADER, IDLE).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!expiry.is_finished(), "idle longer than the header timeout");
+        a.on_read(b"G");
+        let took = expiry.await.unwrap() - idle_from;
+        let due = Duration::from_millis(300) + HEADER;
+        assert!(took >= due && took < IDLE, "a head began: {took:?}");
+    }
+
+    #[test]
+    fn a_request_in_flight_has_no_deadline_and_h2_reads_do_not_start_heads() {
+        let a = Activity::new();
+        a.on_read(H2_PREFACE);
+        let request = a.begin();
+        assert_eq!(a.deadline(HEADER, IDLE), None);
+        a.on_read(b"window update");
+        drop(request);
+        let idle = a.deadline(HEADER, IDLE).unwrap();
+        a.on_read(b"ping");
+        assert_eq!(a.deadline(HEADER, IDLE), Some(idle), "still idle");
+        assert!(idle > Instant::now() + HEADER);
+    }
+}
