@@ -218,16 +218,21 @@ impl Containerd {
 
     /// `ctr images pull --hosts-dir DIR REF`, unpacked with the native snapshotter.
     pub async fn pull(&self, hosts_dir: &Path, reference: &str) {
+        run_ok(self.pull_command(hosts_dir, reference, &[])).await;
+    }
+
+    /// The `ctr images pull` command line, with `extra` flags such as
+    /// `--user NAME:PASSWORD`.
+    pub fn pull_command(&self, hosts_dir: &Path, reference: &str, extra: &[&str]) -> Command {
         let mut ctr = Command::new("ctr");
-        ctr.arg("--address").arg(&self.socket).args([
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-        ]);
-        ctr.arg(hosts_dir).arg(reference);
-        run_ok(ctr).await;
+        ctr.arg("--address")
+            .arg(&self.socket)
+            .args(["images", "pull", "--snapshotter", "native"]);
+        ctr.args(extra)
+            .arg("--hosts-dir")
+            .arg(hosts_dir)
+            .arg(reference);
+        ctr
     }
 
     /// The digest containerd recorded for `reference`.
@@ -281,11 +286,22 @@ impl Podman {
 
     /// `podman pull REF`; returns the image's manifest digest.
     pub async fn pull(&self, reference: &str) -> String {
-        let mut pull = self.command();
-        pull.args(["pull", "-q", reference]);
-        run_ok(pull).await;
+        run_ok(self.pull_command(reference, &[])).await;
+        self.digest(reference).await
+    }
+
+    /// The manifest digest of a pulled image.
+    pub async fn digest(&self, reference: &str) -> String {
         let mut inspect = self.command();
         inspect.args(["image", "inspect", "--format", "{{.Digest}}", reference]);
         run_ok(inspect).await.trim().to_owned()
+    }
+
+    /// The `podman pull -q` command line, with `extra` flags such as
+    /// `--creds NAME:PASSWORD`.
+    pub fn pull_command(&self, reference: &str, extra: &[&str]) -> Command {
+        let mut pull = self.command();
+        pull.args(["pull", "-q"]).args(extra).arg(reference);
+        pull
     }
 }
