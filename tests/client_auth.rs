@@ -2,7 +2,8 @@
 //! rules) admits and refuses plain HTTP requests as documented, a cached
 //! private image reaches only clients allowed to read it, and skopeo,
 //! podman, containerd and dockerd pull with the credentials they are given
-//! and fail without.
+//! and fail without. An authenticated client's fair share of counted
+//! pulls goes by its name.
 
 mod support;
 
@@ -15,9 +16,10 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use support::client::{Answer, Client};
 use support::daemons::{Containerd, Dockerd, Podman, run, run_ok};
 use support::docs::{heredoc, snippet};
-use support::hubsim::HubSim;
+use support::hubsim::{HubSim, SimOptions};
 use support::image::{Format, Image, image};
 use support::proxy::{Proxy, config};
+use support::random_bytes;
 use support::registry::require;
 
 /// Docker Hub simulator with `library/app:v1` and `myorg/secret:v1`.
@@ -400,4 +402,43 @@ async fn dockerd_sends_the_login_it_is_given_for_mirror_and_prefixed_pulls() {
     assert!(!pull_failed(&pulled), "{pulled}");
     let wrong = dockerd_pull(&dockerd, &image, Some(("ci", "ci-pass", mirror.as_str()))).await;
     assert!(pull_failed(&wrong), "ci may not read myorg/secret: {wrong}");
+}
+
+#[tokio::test]
+async fn the_fair_share_of_counted_pulls_goes_by_client_name_not_address() {
+    let sim = HubSim::start_with(SimOptions {
+        rate_limit: Some(10),
+        ..SimOptions::default()
+    })
+    .await;
+    for i in 0..5 {
+        sim.push_image(&format!("library/img{i}"), "1", &[random_bytes(2000, i)]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sim.registry_url, &dir.path().join("data"));
+    with_credentials(&mut cfg, dir.path());
+    cfg.budget.client_share_percent = 30;
+    let proxy = Proxy::start(cfg).await;
+    let client = Client::new(&proxy.url);
+    let manifest = |i: u64| format!("/v2/library/img{i}/manifests/1");
+    let alice = || basic("alice", "wonderland");
+    for i in 0..3 {
+        assert_eq!(get(&client, &manifest(i), alice()).await.status, 200);
+    }
+    let refused = get(&client, &manifest(3), alice()).await;
+    assert_eq!(
+        refused.status, 429,
+        "a fourth pull is over a 30% share of 10"
+    );
+    let message = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(
+        message.contains("alice has spent its fair share"),
+        "{message}"
+    );
+    let robot = authorization("Bearer tok-robot");
+    assert_eq!(
+        get(&client, &manifest(3), robot).await.status,
+        200,
+        "another client from the same address has its own share"
+    );
 }
