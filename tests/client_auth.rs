@@ -343,32 +343,6 @@ async fn containerd_pulls_with_user_and_fails_without() {
     );
 }
 
-/// Whether dockerd's answer to a pull reports an error (in the progress
-/// stream, or as the whole answer).
-fn pull_failed(answer: &str) -> bool {
-    answer.contains("\"error") || answer.starts_with("{\"message\"")
-}
-
-/// `POST /images/create` on dockerd's Engine API with `X-Registry-Auth`
-/// carrying `user:password` for `server` (as the docker CLI sends after
-/// `docker login server`), or with none; the pull's progress output.
-async fn dockerd_pull(dockerd: &Dockerd, image: &str, login: Option<(&str, &str, &str)>) -> String {
-    let mut curl = Command::new("curl");
-    curl.args(["-sS", "--max-time", "120", "--unix-socket"])
-        .arg(&dockerd.socket)
-        .args(["-X", "POST"]);
-    if let Some((user, password, server)) = login {
-        let auth =
-            serde_json::json!({ "username": user, "password": password, "serveraddress": server });
-        let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
-        curl.arg("-H").arg(format!("X-Registry-Auth: {header}"));
-    }
-    curl.arg(format!(
-        "http://localhost/images/create?fromImage={image}&tag=v1"
-    ));
-    run_ok(curl).await
-}
-
 #[tokio::test]
 async fn dockerd_sends_the_login_it_is_given_for_mirror_and_prefixed_pulls() {
     let up = upstream().await;
@@ -377,8 +351,11 @@ async fn dockerd_sends_the_login_it_is_given_for_mirror_and_prefixed_pulls() {
     let user_data = snippet("docs/deploy.md", "ecs-user-data", &mirror);
     let dockerd = Dockerd::start(&heredoc(&user_data, "JSON")).await;
 
-    let refused = dockerd_pull(&dockerd, "library/app", None).await;
-    assert!(pull_failed(&refused), "no login, no pull: {refused}");
+    let refused = dockerd.pull_answer("library/app", None).await;
+    assert!(
+        Dockerd::pull_failed(&refused),
+        "no login, no pull: {refused}"
+    );
     assert!(
         challenged(&proxy) > 0.0,
         "refused by the mirror's challenge"
@@ -386,8 +363,8 @@ async fn dockerd_sends_the_login_it_is_given_for_mirror_and_prefixed_pulls() {
 
     // Through registry-mirrors dockerd sends Docker Hub's login.
     let hub = ("alice", "wonderland", "https://index.docker.io/v1/");
-    let pulled = dockerd_pull(&dockerd, "library/app", Some(hub)).await;
-    assert!(!pull_failed(&pulled), "{pulled}");
+    let pulled = dockerd.pull_answer("library/app", Some(hub)).await;
+    assert!(!Dockerd::pull_failed(&pulled), "{pulled}");
     assert!(
         dockerd
             .repo_digests("app:v1")
@@ -398,10 +375,15 @@ async fn dockerd_sends_the_login_it_is_given_for_mirror_and_prefixed_pulls() {
     // A reference naming the mirror sends the mirror's own login.
     let image = format!("{mirror}/myorg/secret");
     let own = ("robot", "tok-robot", mirror.as_str());
-    let pulled = dockerd_pull(&dockerd, &image, Some(own)).await;
-    assert!(!pull_failed(&pulled), "{pulled}");
-    let wrong = dockerd_pull(&dockerd, &image, Some(("ci", "ci-pass", mirror.as_str()))).await;
-    assert!(pull_failed(&wrong), "ci may not read myorg/secret: {wrong}");
+    let pulled = dockerd.pull_answer(&image, Some(own)).await;
+    assert!(!Dockerd::pull_failed(&pulled), "{pulled}");
+    let wrong = dockerd
+        .pull_answer(&image, Some(("ci", "ci-pass", mirror.as_str())))
+        .await;
+    assert!(
+        Dockerd::pull_failed(&wrong),
+        "ci may not read myorg/secret: {wrong}"
+    );
 }
 
 #[tokio::test]

@@ -162,6 +162,35 @@ impl Dockerd {
         );
     }
 
+    /// `POST /images/create?fromImage=IMAGE&tag=v1` with `X-Registry-Auth`
+    /// carrying `(user, password, server)` as the docker CLI sends it after
+    /// `docker login server` (or with none); the whole answer, errors
+    /// included (see [`Dockerd::pull_failed`]).
+    pub async fn pull_answer(&self, image: &str, login: Option<(&str, &str, &str)>) -> String {
+        use base64::Engine;
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "120", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", "POST"]);
+        if let Some((user, password, server)) = login {
+            let auth = serde_json::json!({
+                "username": user, "password": password, "serveraddress": server
+            });
+            let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+            curl.arg("-H").arg(format!("X-Registry-Auth: {header}"));
+        }
+        curl.arg(format!(
+            "http://localhost/images/create?fromImage={image}&tag=v1"
+        ));
+        run_ok(curl).await
+    }
+
+    /// Whether an answer of [`Dockerd::pull_answer`] reports an error (in
+    /// the progress stream, or as the whole answer).
+    pub fn pull_failed(answer: &str) -> bool {
+        answer.contains("\"error") || answer.starts_with("{\"message\"")
+    }
+
     /// The image's `RepoDigests`, from `GET /images/<ref>/json`.
     pub async fn repo_digests(&self, reference: &str) -> Vec<String> {
         let json: serde_json::Value =
