@@ -2,9 +2,14 @@
 //!
 //! Request metrics are recorded by the API's logging layer from each
 //! response's [`Outcome`](crate::registry::Outcome); upstream metrics by the
-//! upstream client. Nothing else records, so every figure has one source.
+//! upstream client; connection metrics by the listener. Nothing else
+//! records, so every figure has one source.
+
+mod listener;
 
 use std::sync::Arc;
+
+pub use listener::ListenerCollectors;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -55,6 +60,8 @@ pub struct Collectors {
     pub cache_store_failures: IntCounterVec,
     /// Size, bounds and evictions of the cache tiers.
     pub cache: CacheCollectors,
+    /// Client connections and the listener's refusals.
+    pub listener: ListenerCollectors,
 }
 
 /// The cache tiers' size and evictions, labelled by `tier`.
@@ -256,6 +263,7 @@ impl Metrics {
             &["tier", "reason"],
         );
         let cache = CacheCollectors::register(&registry);
+        let listener = ListenerCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -277,6 +285,7 @@ impl Metrics {
             upstream_waiting,
             cache_store_failures,
             cache,
+            listener,
         }))
     }
 

@@ -150,6 +150,7 @@ pub async fn run(
         shutdown.await;
         trigger.cancel();
     });
+    let listening = listening.counted(state.metrics.clone());
     if !listen::serve(listener, router(state), &listening, stopping, DRAIN).await {
         tracing::warn!("requests still running {DRAIN:?} after shutdown were cut off");
     }

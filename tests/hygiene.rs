@@ -124,6 +124,11 @@ async fn slowloris_is_cut_off_at_the_header_timeout_while_a_thousand_clients_are
             "held {held:?}"
         );
     }
+    let closed = proxy.metric(
+        "pullthrough_connections_closed_total",
+        &[("reason", "header_timeout")],
+    );
+    assert!(closed >= 300.0, "counted: {closed}");
 }
 
 #[tokio::test]
@@ -171,6 +176,16 @@ async fn idle_keep_alive_connections_close_at_the_idle_timeout_not_the_header_ti
         idled >= Duration::from_millis(2900) && idled < Duration::from_secs(5),
         "after {idled:?}"
     );
+    let closed = |reason| {
+        proxy.metric(
+            "pullthrough_connections_closed_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(
+        (closed("header_timeout"), closed("idle_timeout")),
+        (1.0, 1.0)
+    );
 }
 
 #[tokio::test]
@@ -199,6 +214,7 @@ async fn connection_n_plus_one_waits_for_a_free_place() {
         waited.is_err(),
         "the fifth connection is not served while four are open"
     );
+    assert_eq!(proxy.metric("pullthrough_connections_open", &[]), 4.0);
     drop(held.pop());
     let answer = tokio::time::timeout(Duration::from_secs(3), read_response(&mut fifth)).await;
     assert_eq!(
@@ -239,6 +255,11 @@ async fn one_address_gets_429_beyond_its_requests_in_flight_and_others_are_serve
         (429, "TOOMANYREQUESTS")
     );
     assert_eq!(refused.header("retry-after"), "1");
+    let refusals = proxy.metric(
+        "pullthrough_requests_refused_total",
+        &[("reason", "per_ip_limit")],
+    );
+    assert_eq!(refusals, 1.0);
     assert_eq!(
         b.get("/v2/").await.status,
         200,

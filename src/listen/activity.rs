@@ -22,6 +22,25 @@ use tokio::time::Instant;
 /// The start of every HTTP/2 connection (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+/// Which deadline a connection overstayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A head (or TLS handshake) took longer than the header timeout.
+    Header,
+    /// No request came within the idle timeout.
+    Idle,
+}
+
+impl Expiry {
+    /// The `reason` label of `pullthrough_connections_closed_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expiry::Header => "header_timeout",
+            Expiry::Idle => "idle_timeout",
+        }
+    }
+}
+
 /// One connection's state, shared by its I/O, its requests and its watchdog.
 pub struct Activity {
     phase: Mutex<Phase>,
@@ -109,28 +128,30 @@ impl Activity {
         }
     }
 
-    fn deadline(&self, header: Duration, idle: Duration) -> Option<Instant> {
+    fn deadline(&self, header: Duration, idle: Duration) -> Option<(Instant, Expiry)> {
         let phase = self.phase();
         match (phase.in_flight, phase.reading_head) {
-            (0, true) => Some(phase.since + header),
-            (0, false) => Some(phase.since + idle),
+            (0, true) => Some((phase.since + header, Expiry::Header)),
+            (0, false) => Some((phase.since + idle, Expiry::Idle)),
             _ => None,
         }
     }
 
-    /// Completes when the connection has overstayed its deadline: the
-    /// caller then drops the connection.
-    pub async fn expired(&self, header: Duration, idle: Duration) {
+    /// Completes, with the deadline it overstayed, when the connection has
+    /// overstayed one: the caller then drops the connection.
+    pub async fn expired(&self, header: Duration, idle: Duration) -> Expiry {
         loop {
             let changed = self.changed.notified();
             match self.deadline(header, idle) {
                 None => changed.await,
-                Some(at) => {
+                Some((at, _)) => {
                     tokio::select! {
                         () = changed => {}
                         () = tokio::time::sleep_until(at) => {
-                            if self.deadline(header, idle).is_some_and(|d| d <= Instant::now()) {
-                                return;
+                            if let Some((due, expiry)) = self.deadline(header, idle)
+                                && due <= Instant::now()
+                            {
+                                return expiry;
                             }
                         }
                     }
@@ -220,7 +241,7 @@ mod tests {
         a.on_read(b"GET / HT");
         tokio::time::sleep(Duration::from_millis(100)).await;
         a.on_read(b"TP/1.1\r\n");
-        a.expired(HEADER, IDLE).await;
+        assert_eq!(a.expired(HEADER, IDLE).await, Expiry::Header);
         let took = started.elapsed();
         assert!(
             took >= HEADER && took < IDLE,
@@ -235,7 +256,7 @@ mod tests {
         let idle_from = Instant::now();
         let watchdog = a.clone();
         let expiry = tokio::spawn(async move {
-            watchdog.expired(HEADER, IDLE).await;
+            assert_eq!(watchdog.expired(HEADER, IDLE).await, Expiry::Header);
             Instant::now()
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -257,6 +278,7 @@ mod tests {
         let idle = a.deadline(HEADER, IDLE).unwrap();
         a.on_read(b"ping");
         assert_eq!(a.deadline(HEADER, IDLE), Some(idle), "still idle");
-        assert!(idle > Instant::now() + HEADER);
+        assert_eq!(idle.1, Expiry::Idle);
+        assert!(idle.0 > Instant::now() + HEADER);
     }
 }

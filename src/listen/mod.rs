@@ -11,7 +11,8 @@
 //!   more are answered 429 at once (see [`per_ip`]).
 //!
 //! The router sees each request's peer address as
-//! `ConnectInfo<SocketAddr>`, as with `axum::serve`. On shutdown the
+//! `ConnectInfo<SocketAddr>`, as with `axum::serve`. Open connections,
+//! timeouts and refusals are counted in [`ListenerCollectors`](crate::metrics::ListenerCollectors). On shutdown the
 //! listener closes at once and open connections finish their requests for
 //! a bounded time.
 
@@ -44,6 +45,7 @@ use self::activity::{Activity, Watched};
 use self::per_ip::{Held, PerIp};
 use crate::api::ApiError;
 use crate::config::{Config, ListenLimits};
+use crate::metrics::Metrics;
 
 /// How the listener serves: its limits and, when configured, its TLS.
 /// Cheap to clone.
@@ -51,6 +53,7 @@ use crate::config::{Config, ListenLimits};
 pub struct Listening {
     limits: ListenLimits,
     tls: Option<Arc<Tls>>,
+    metrics: Option<Metrics>,
 }
 
 impl Listening {
@@ -59,7 +62,14 @@ impl Listening {
         Ok(Listening {
             limits: config.listen_limits.clone(),
             tls: Tls::from_config(&config.tls)?,
+            metrics: None,
         })
+    }
+
+    /// The same listener, recording in `metrics`.
+    pub fn counted(mut self, metrics: Metrics) -> Listening {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Whether clients must speak TLS.
@@ -75,6 +85,7 @@ struct Shared {
     tls: Option<Arc<Tls>>,
     per_ip: PerIp,
     http: auto::Builder<TokioExecutor>,
+    metrics: Option<Metrics>,
 }
 
 /// Serves `app` on `listener` until `stop`, then closes the listener and
@@ -93,6 +104,7 @@ pub async fn serve(
         per_ip: PerIp::new(limits.max_requests_per_ip),
         http: builder(&limits),
         tls: listening.tls.clone(),
+        metrics: listening.metrics.clone(),
         limits,
     });
     if let Some(tls) = &shared.tls {
@@ -159,6 +171,7 @@ async fn connection(
     watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 ) {
+    let _open = shared.metrics.as_ref().map(Open::new);
     let activity = Activity::new();
     let io = Watched::new(tcp, activity.clone());
     let limits = &shared.limits;
@@ -179,7 +192,28 @@ async fn connection(
     };
     tokio::select! {
         () = serve => {}
-        () = expired => tracing::debug!(%peer, "connection closed: header or idle timeout"),
+        expiry = expired => {
+            tracing::debug!(%peer, reason = expiry.as_str(), "connection closed");
+            if let Some(metrics) = &shared.metrics {
+                metrics.listener.connections_closed.with_label_values(&[expiry.as_str()]).inc();
+            }
+        }
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct Open(Metrics);
+
+impl Open {
+    fn new(metrics: &Metrics) -> Open {
+        metrics.listener.connections_open.inc();
+        Open(metrics.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.listener.connections_open.dec();
     }
 }
 
@@ -199,10 +233,11 @@ async fn http<IO>(
         let in_flight = activity.begin();
         let slot = for_requests.per_ip.try_acquire(peer.ip());
         let app = for_requests.app.clone();
+        let metrics = for_requests.metrics.clone();
         async move {
             let response = match &slot {
                 Some(_) => app.oneshot(request).await.unwrap_or_else(|e| match e {}),
-                None => too_many_requests(peer),
+                None => too_many_requests(peer, metrics.as_ref()),
             };
             Ok::<_, Infallible>(response.map(|body| Held::new(body, slot, in_flight)))
         }
@@ -213,8 +248,15 @@ async fn http<IO>(
     }
 }
 
-fn too_many_requests(peer: SocketAddr) -> Response<axum::body::Body> {
+fn too_many_requests(peer: SocketAddr, metrics: Option<&Metrics>) -> Response<axum::body::Body> {
     tracing::debug!(%peer, "too many requests in flight from one address");
+    if let Some(metrics) = metrics {
+        metrics
+            .listener
+            .requests_refused
+            .with_label_values(&["per_ip_limit"])
+            .inc();
+    }
     let mut error = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "TOOMANYREQUESTS",
