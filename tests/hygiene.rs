@@ -1,9 +1,9 @@
 //! Connection hygiene on a real socket: a slowloris client is cut off at
 //! the header timeout while a thousand normal clients are served, an idle
 //! keep-alive connection closes at the idle timeout (not the shorter
-//! header timeout), connection N+1 waits for a free place, one address
-//! cannot hold more than its share of requests, and oversized heads are
-//! refused.
+//! header timeout), a client that stops reading a response is cut off,
+//! connection N+1 waits for a free place, one address cannot hold more
+//! than its share of requests, and oversized heads are refused.
 
 mod support;
 
@@ -300,4 +300,51 @@ async fn oversized_heads_are_refused_and_large_ones_within_the_limit_served() {
             "{size} bytes"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_response_is_disconnected() {
+    let sim = HubSim::start().await;
+    // Far more than the two ends' socket buffers hold, so writes block.
+    let image = sim.push_image("library/big", "v1", &[random_bytes(16 << 20, 4)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sim.registry_url, dir.path());
+    cfg.listen_limits.idle_timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(cfg).await;
+    Client::new(&proxy.url).pull("library/big", "v1").await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut tcp = socket.connect(addr(&proxy)).await.unwrap();
+    let request = format!(
+        "GET /v2/library/big/blobs/{} HTTP/1.1\r\nHost: mirror\r\n\r\n",
+        image.layer_digests[0]
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let stalled = || {
+        proxy.metric(
+            "pullthrough_connections_closed_total",
+            &[("reason", "write_stalled")],
+        )
+    };
+    support::wait_until_async(async || stalled() == 1.0).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "noticed within twice the idle timeout: {took:?}"
+    );
+    assert_eq!(proxy.metric("pullthrough_connections_open", &[]), 0.0);
+    let mut received = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = tcp.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        received += n;
+    }
+    assert!(
+        received < 48 << 20,
+        "the response was cut off after {received} bytes"
+    );
 }

@@ -22,7 +22,8 @@ pub struct ListenLimits {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// How long a connection with no request in flight may stay open
-    /// waiting for the next one.
+    /// waiting for the next one, and how long a client may leave a
+    /// response unread before it is disconnected.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers) over HTTP/1, and

@@ -1,8 +1,10 @@
 //! What one connection is doing, and the deadline that follows from it:
 //! a connection reading a request head (or a TLS handshake) must finish it
 //! within the header timeout; one with no request in flight may wait for
-//! the next for the idle timeout; one with a request in flight has no
-//! deadline here.
+//! the next for the idle timeout (counted from its last write: hyper may
+//! take a response's last bytes long before they are sent); and no
+//! connection may have its writes blocked (a client that stopped reading)
+//! for longer than the idle timeout, noticed within twice that.
 //!
 //! hyper's own `header_read_timeout` also starts while a keep-alive
 //! connection waits for its next request, so it would make the idle
@@ -29,6 +31,8 @@ pub enum Expiry {
     Header,
     /// No request came within the idle timeout.
     Idle,
+    /// The client read none of a response for the idle timeout.
+    Stalled,
 }
 
 impl Expiry {
@@ -37,6 +41,7 @@ impl Expiry {
         match self {
             Expiry::Header => "header_timeout",
             Expiry::Idle => "idle_timeout",
+            Expiry::Stalled => "write_stalled",
         }
     }
 }
@@ -61,6 +66,8 @@ struct Phase {
     /// HTTP/2: frames (pings, window updates) arrive while idle, so a read
     /// does not start a head; the idle timeout alone applies.
     h2: bool,
+    /// Since when writes wait for the client to read.
+    write_blocked: Option<Instant>,
 }
 
 impl Activity {
@@ -75,6 +82,7 @@ impl Activity {
                 read_while_busy: false,
                 started: false,
                 h2: false,
+                write_blocked: None,
             }),
             changed: Notify::new(),
         })
@@ -128,13 +136,27 @@ impl Activity {
         }
     }
 
+    fn on_write(&self, blocked: bool) {
+        let mut phase = self.phase();
+        if blocked {
+            phase.write_blocked.get_or_insert_with(Instant::now);
+        } else {
+            phase.write_blocked = None;
+            if phase.in_flight == 0 && !phase.reading_head {
+                phase.since = Instant::now();
+            }
+        }
+    }
+
     fn deadline(&self, header: Duration, idle: Duration) -> Option<(Instant, Expiry)> {
         let phase = self.phase();
-        match (phase.in_flight, phase.reading_head) {
-            (0, true) => Some((phase.since + header, Expiry::Header)),
-            (0, false) => Some((phase.since + idle, Expiry::Idle)),
-            _ => None,
+        if phase.in_flight == 0 && phase.reading_head {
+            return Some((phase.since + header, Expiry::Header));
         }
+        if let Some(blocked) = phase.write_blocked {
+            return Some((blocked + idle, Expiry::Stalled));
+        }
+        (phase.in_flight == 0).then_some((phase.since + idle, Expiry::Idle))
     }
 
     /// Completes, with the deadline it overstayed, when the connection has
@@ -142,20 +164,19 @@ impl Activity {
     pub async fn expired(&self, header: Duration, idle: Duration) -> Expiry {
         loop {
             let changed = self.changed.notified();
-            match self.deadline(header, idle) {
-                None => changed.await,
-                Some((at, _)) => {
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(at) => {
-                            if let Some((due, expiry)) = self.deadline(header, idle)
-                                && due <= Instant::now()
-                            {
-                                return expiry;
-                            }
-                        }
-                    }
-                }
+            // In flight and writing freely: look again for a stall later.
+            let (at, expiry) = match self.deadline(header, idle) {
+                Some((at, expiry)) => (at, Some(expiry)),
+                None => (Instant::now() + idle, None),
+            };
+            if let Some(expiry) = expiry
+                && at <= Instant::now()
+            {
+                return expiry;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep_until(at) => {}
             }
         }
     }
@@ -203,7 +224,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.on_write(polled.is_pending());
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -219,7 +242,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.on_write(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -280,5 +305,33 @@ mod tests {
         assert_eq!(a.deadline(HEADER, IDLE), Some(idle), "still idle");
         assert_eq!(idle.1, Expiry::Idle);
         assert!(idle.0 > Instant::now() + HEADER);
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_does_not_read_expires_after_the_idle_timeout() {
+        let a = Activity::new();
+        let _request = a.begin();
+        a.on_write(true);
+        let blocked = Instant::now();
+        a.on_write(true);
+        assert_eq!(a.expired(HEADER, IDLE).await, Expiry::Stalled);
+        let took = blocked.elapsed();
+        assert!(took >= IDLE && took < IDLE * 2, "{took:?}");
+        a.on_write(false);
+        assert_eq!(a.deadline(HEADER, IDLE), None, "writing again");
+    }
+
+    #[test]
+    fn writes_after_the_last_request_ended_postpone_the_idle_timeout() {
+        let a = Activity::new();
+        drop(a.begin());
+        let (before, _) = a.deadline(HEADER, IDLE).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        a.on_write(false);
+        let (after, expiry) = a.deadline(HEADER, IDLE).unwrap();
+        assert!(after > before, "the idle time counts from the last write");
+        assert_eq!(expiry, Expiry::Idle);
+        a.on_write(true);
+        assert_eq!(a.deadline(HEADER, IDLE).unwrap().1, Expiry::Stalled);
     }
 }

@@ -11,7 +11,7 @@ pub struct ListenerCollectors {
     /// Client connections open now.
     pub connections_open: IntGauge,
     /// Connections closed for overstaying a deadline, by `reason`
-    /// (`header_timeout`, `idle_timeout`).
+    /// (`header_timeout`, `idle_timeout`, `write_stalled`).
     pub connections_closed: IntCounterVec,
     /// Requests refused by a limit, by `reason` (`per_ip_limit`).
     pub requests_refused: IntCounterVec,
@@ -32,7 +32,7 @@ impl ListenerCollectors {
             connections_closed: counter(
                 registry,
                 "pullthrough_connections_closed_total",
-                "Client connections closed for overstaying a deadline: header_timeout (a head or TLS handshake too slow) or idle_timeout.",
+                "Client connections closed for overstaying a deadline: header_timeout (a head or TLS handshake too slow), idle_timeout, or write_stalled (a response left unread).",
                 &["reason"],
             ),
             requests_refused: counter(
