@@ -3,8 +3,9 @@
 //!
 //! bcrypt is slow by design (tens of milliseconds a check), and a client
 //! sends its Basic credentials with every blob request: a check runs on the
-//! blocking pool, and a pair that passed is remembered (by its SHA-256,
-//! never in clear) for a few minutes. Tokens are compared by their SHA-256
+//! blocking pool, at most one per CPU at once (a flood of wrong passwords
+//! delays logins, not file I/O), and a pair that passed is remembered (by
+//! its SHA-256, never in clear) for a few minutes. Tokens are compared by their SHA-256
 //! in constant time.
 
 use std::collections::HashMap;
@@ -34,6 +35,8 @@ pub struct Credentials {
     tokens: Vec<([u8; 32], Arc<str>)>,
     /// SHA-256 of `user:password` pairs that passed → the user.
     verified: moka::future::Cache<[u8; 32], Arc<str>>,
+    /// bcrypt checks running at once.
+    checks: tokio::sync::Semaphore,
 }
 
 impl Credentials {
@@ -69,6 +72,9 @@ impl Credentials {
                 .max_capacity(REMEMBERED)
                 .time_to_live(REMEMBER)
                 .build(),
+            checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         })
     }
 
@@ -113,6 +119,7 @@ impl Credentials {
         if let Some(name) = self.verified.get(&key).await {
             return Some(name);
         }
+        let _turn = self.checks.acquire().await.ok()?;
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
