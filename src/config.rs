@@ -19,10 +19,14 @@ mod render;
 pub use disk::DiskConfig;
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod budget;
+mod listen;
 mod resilience;
 
+pub use auth::{AuthConfig, ReadRule, repository_glob};
 pub use budget::BudgetConfig;
+pub use listen::{ListenLimits, TlsConfig};
 pub use resilience::ResilienceConfig;
 
 /// The name of the upstream that plain `/v2/<name>` requests go to.
@@ -70,6 +74,12 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// How announced pull limits are spent.
     pub budget: BudgetConfig,
+    /// Timeouts and limits on client connections.
+    pub listen_limits: ListenLimits,
+    /// TLS on the listener; off unless a certificate is named.
+    pub tls: TlsConfig,
+    /// Client authentication; off unless configured.
+    pub auth: AuthConfig,
 }
 
 /// The in-memory tier, for manifests and small blobs.
@@ -253,6 +263,9 @@ impl Default for Config {
             s3: S3Config::default(),
             upstreams,
             budget: BudgetConfig::default(),
+            listen_limits: ListenLimits::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -470,6 +483,10 @@ impl Config {
             }
         }
         self.resilience.validate()?;
+        self.listen_limits.validate()?;
+        self.tls.validate()?;
+        self.auth
+            .validate(|name| self.upstreams.contains_key(name))?;
         if self.s3.enabled() {
             if !(3..=63).contains(&self.s3.bucket.len()) {
                 return Err(invalid("s3.bucket", "must be 3 to 63 characters"));

@@ -12,6 +12,8 @@
 //!   the shared pieces.
 //! - [`status`]: the operator's view (status page, `pullthrough status`).
 //! - [`cli`]: the operator commands `status`, `warm` and `doctor`.
+//! - [`listen`]: accepts connections (TLS optional) within timeouts and
+//!   limits, and serves the router on them.
 //! - [`server`]: wires it all together and serves until shutdown.
 //! - `parsers`: every parser of client or upstream input in one place, for
 //!   the property tests and the fuzz targets (`fuzz/`); not an API.
@@ -21,6 +23,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod listen;
 pub mod metrics;
 #[doc(hidden)]
 pub mod parsers;

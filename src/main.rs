@@ -241,17 +241,19 @@ fn raise_open_file_limit() {
 const BLOCKING_THREADS: usize = 32;
 
 async fn serve_until_signal(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listening = pullthrough::listen::Listening::from_config(config)?;
     let listener = server::bind(config).await?;
-    let starting = server::serve_while_starting(&listener)?;
+    let starting = server::serve_while_starting(&listener, &listening)?;
     let state = server::build_state(config).await?;
     starting.finish().await;
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = listening.is_tls(),
         data_dir = %config.data_dir.display(),
         upstreams = ?config.upstreams.iter().filter(|(_, u)| u.enabled).map(|(n, u)| format!("{n}={}", u.url)).collect::<Vec<_>>(),
         "pullthrough serving"
     );
-    server::run(listener, state, shutdown_signal()).await?;
+    server::run(listener, state, listening, shutdown_signal()).await?;
     tracing::info!("pullthrough stopped");
     Ok(())
 }

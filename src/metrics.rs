@@ -2,9 +2,14 @@
 //!
 //! Request metrics are recorded by the API's logging layer from each
 //! response's [`Outcome`](crate::registry::Outcome); upstream metrics by the
-//! upstream client. Nothing else records, so every figure has one source.
+//! upstream client; connection metrics by the listener. Nothing else
+//! records, so every figure has one source.
+
+mod listener;
 
 use std::sync::Arc;
+
+pub use listener::ListenerCollectors;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -59,6 +64,8 @@ pub struct Collectors {
     pub cache: CacheCollectors,
     /// What a dashboard needs beside the above.
     pub traffic: TrafficCollectors,
+    /// Client connections and the listener's refusals.
+    pub listener: ListenerCollectors,
 }
 
 /// Bytes served, upstream latency and the downloads in flight.
@@ -339,6 +346,7 @@ impl Metrics {
         );
         let cache = CacheCollectors::register(&registry);
         let traffic = TrafficCollectors::register(&registry);
+        let listener = ListenerCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -362,6 +370,7 @@ impl Metrics {
             cache,
             egress_refused,
             traffic,
+            listener,
         }))
     }
 

@@ -1,15 +1,16 @@
 //! Start-up and serving: binds the listener and answers health checks on
 //! it while the state is built from a [`Config`], then serves the API until
-//! shutdown, drains, and clears unfinished downloads.
+//! shutdown, drains, and clears unfinished downloads. How connections are
+//! accepted and bounded is [`listen`](crate::listen)'s.
 
 use std::future::Future;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppState, router, starting_router};
+use crate::api::{AppState, AuthError, ClientAuth, router, starting_router};
+use crate::listen::{self, Listening, TlsError};
 use std::sync::Arc;
 
 use crate::cache::evict::Bounds;
@@ -28,6 +29,10 @@ pub enum StartError {
     S3(#[from] S3StartError),
     #[error("upstreams: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("client authentication: {0}")]
+    Auth(#[from] AuthError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -39,6 +44,7 @@ pub enum StartError {
 /// checking the S3 bucket's credentials when the shared tier is on.
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let metrics = Metrics::new();
+    let auth = ClientAuth::from_config(&config.auth)?;
     let shared = match config.s3.enabled() {
         true => Some(Arc::new(S3Tier::connect(&config.s3, &metrics).await?)),
         false => None,
@@ -62,6 +68,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         registry,
         metrics,
         board,
+        auth,
     })
 }
 
@@ -79,21 +86,34 @@ pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
 /// [`serve_while_starting`].
 pub struct Starting {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Answers `/healthz` (alive) and `/readyz` (503, starting) on a second
-/// handle of `listener` until [`Starting::finish`], so a load balancer
-/// sees a starting replica as alive but not ready rather than as dead.
-pub fn serve_while_starting(listener: &TcpListener) -> std::io::Result<Starting> {
+/// handle of `listener`, with the same TLS and limits as the API, until
+/// [`Starting::finish`], so a load balancer sees a starting replica as
+/// alive but not ready rather than as dead.
+pub fn serve_while_starting(
+    listener: &TcpListener,
+    listening: &Listening,
+) -> std::io::Result<Starting> {
     use std::os::fd::AsFd;
     let copy = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
     copy.set_nonblocking(true)?;
     let copy = TcpListener::from_std(copy)?;
     let stop = CancellationToken::new();
-    let serve = axum::serve(copy, starting_router())
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
+    let listening = listening.clone();
+    let stopped = stop.clone();
+    let serve = async move {
+        listen::serve(
+            copy,
+            starting_router(),
+            &listening,
+            stopped,
+            Duration::from_secs(1),
+        )
+        .await;
+    };
     Ok(Starting {
         stop,
         task: tokio::spawn(serve),
@@ -119,30 +139,23 @@ pub fn clear_unfinished_downloads(config: &Config) -> Result<usize, CacheError> 
 /// client streaming a large blob slowly must not hold a restart hostage.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves the API on `listener` until `shutdown` completes, then lets
-/// requests in flight finish for up to [`DRAIN`].
+/// Serves the API on `listener` as `listening` says until `shutdown`
+/// completes, then lets requests in flight finish for up to [`DRAIN`].
 pub async fn run(
     listener: TcpListener,
     state: AppState,
+    listening: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let stopping = CancellationToken::new();
     let trigger = stopping.clone();
     tokio::spawn(async move {
         shutdown.await;
         trigger.cancel();
     });
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
-    tokio::select! {
-        served = serve => served,
-        () = async { stopping.cancelled().await; tokio::time::sleep(DRAIN).await } => {
-            tracing::warn!("requests still running {DRAIN:?} after shutdown were cut off");
-            Ok(())
-        }
+    let listening = listening.counted(state.metrics.clone());
+    if !listen::serve(listener, router(state), &listening, stopping, DRAIN).await {
+        tracing::warn!("requests still running {DRAIN:?} after shutdown were cut off");
     }
+    Ok(())
 }

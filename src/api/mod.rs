@@ -2,6 +2,9 @@
 //! `/metrics`, `/healthz`, `/readyz`, the operators' `/_pullthrough/pin`
 //! and the status page at `/ui` (see [`crate::status`]).
 //!
+//! When client authentication is configured, [`auth`] admits or refuses
+//! every request before its handler runs.
+//!
 //! Handlers only extract, delegate to the [`Registry`] and shape the
 //! response. Every response passes through [`access::record`], which writes
 //! the one log line and the metrics of the request from the
@@ -9,6 +12,7 @@
 
 mod access;
 mod admin;
+mod auth;
 mod blobs;
 mod client;
 mod error;
@@ -25,6 +29,7 @@ use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
+pub use auth::{AuthError, ClientAuth};
 pub use error::{ApiError, ErrorNote};
 pub use health::starting_router;
 pub use range::ByteRange;
@@ -40,6 +45,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Hottest images, recent errors and history for the status page.
     pub board: crate::status::Board,
+    /// Client authentication; `None` when it is off.
+    pub auth: Option<std::sync::Arc<ClientAuth>>,
 }
 
 /// The whole API, ready to serve or to drive with `oneshot` in tests.
@@ -58,6 +65,10 @@ pub fn router(state: AppState) -> Router {
             "/_pullthrough/pin",
             get(admin::pins).post(admin::pin).delete(admin::pin),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,

@@ -162,6 +162,35 @@ impl Dockerd {
         );
     }
 
+    /// `POST /images/create?fromImage=IMAGE&tag=v1` with `X-Registry-Auth`
+    /// carrying `(user, password, server)` as the docker CLI sends it after
+    /// `docker login server` (or with none); the whole answer, errors
+    /// included (see [`Dockerd::pull_failed`]).
+    pub async fn pull_answer(&self, image: &str, login: Option<(&str, &str, &str)>) -> String {
+        use base64::Engine;
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "120", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", "POST"]);
+        if let Some((user, password, server)) = login {
+            let auth = serde_json::json!({
+                "username": user, "password": password, "serveraddress": server
+            });
+            let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+            curl.arg("-H").arg(format!("X-Registry-Auth: {header}"));
+        }
+        curl.arg(format!(
+            "http://localhost/images/create?fromImage={image}&tag=v1"
+        ));
+        run_ok(curl).await
+    }
+
+    /// Whether an answer of [`Dockerd::pull_answer`] reports an error (in
+    /// the progress stream, or as the whole answer).
+    pub fn pull_failed(answer: &str) -> bool {
+        answer.contains("\"error") || answer.starts_with("{\"message\"")
+    }
+
     /// The image's `RepoDigests`, from `GET /images/<ref>/json`.
     pub async fn repo_digests(&self, reference: &str) -> Vec<String> {
         let json: serde_json::Value =
@@ -218,16 +247,21 @@ impl Containerd {
 
     /// `ctr images pull --hosts-dir DIR REF`, unpacked with the native snapshotter.
     pub async fn pull(&self, hosts_dir: &Path, reference: &str) {
+        run_ok(self.pull_command(hosts_dir, reference, &[])).await;
+    }
+
+    /// The `ctr images pull` command line, with `extra` flags such as
+    /// `--user NAME:PASSWORD`.
+    pub fn pull_command(&self, hosts_dir: &Path, reference: &str, extra: &[&str]) -> Command {
         let mut ctr = Command::new("ctr");
-        ctr.arg("--address").arg(&self.socket).args([
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-        ]);
-        ctr.arg(hosts_dir).arg(reference);
-        run_ok(ctr).await;
+        ctr.arg("--address")
+            .arg(&self.socket)
+            .args(["images", "pull", "--snapshotter", "native"]);
+        ctr.args(extra)
+            .arg("--hosts-dir")
+            .arg(hosts_dir)
+            .arg(reference);
+        ctr
     }
 
     /// The digest containerd recorded for `reference`.
@@ -281,11 +315,22 @@ impl Podman {
 
     /// `podman pull REF`; returns the image's manifest digest.
     pub async fn pull(&self, reference: &str) -> String {
-        let mut pull = self.command();
-        pull.args(["pull", "-q", reference]);
-        run_ok(pull).await;
+        run_ok(self.pull_command(reference, &[])).await;
+        self.digest(reference).await
+    }
+
+    /// The manifest digest of a pulled image.
+    pub async fn digest(&self, reference: &str) -> String {
         let mut inspect = self.command();
         inspect.args(["image", "inspect", "--format", "{{.Digest}}", reference]);
         run_ok(inspect).await.trim().to_owned()
+    }
+
+    /// The `podman pull -q` command line, with `extra` flags such as
+    /// `--creds NAME:PASSWORD`.
+    pub fn pull_command(&self, reference: &str, extra: &[&str]) -> Command {
+        let mut pull = self.command();
+        pull.args(["pull", "-q"]).args(extra).arg(reference);
+        pull
     }
 }

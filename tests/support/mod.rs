@@ -20,6 +20,7 @@ pub mod rangeless;
 pub mod registry;
 pub mod s3;
 pub mod simclient;
+pub mod tls;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 /// A running pullthrough.
 pub struct Proxy {
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>` (`https://` when TLS is configured)
     pub url: String,
     pub state: AppState,
     pub data_dir: PathBuf,
@@ -46,12 +46,15 @@ impl Proxy {
         let state = pullthrough::server::build_state(&config)
             .await
             .expect("pullthrough starts");
+        let listening =
+            pullthrough::listen::Listening::from_config(&config).expect("TLS files load");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if listening.is_tls() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let served = state.clone();
         let task = tokio::spawn(async move {
-            pullthrough::server::run(listener, served, async {
+            pullthrough::server::run(listener, served, listening, async {
                 let _ = rx.await;
             })
             .await
