@@ -316,11 +316,41 @@ async fn doctor_names_each_fault_of_a_broken_setup_with_its_fix() {
     );
     assert!(line(&out, "docker.io", "v2").0.starts_with('·'), "{out}");
 
-    let mut command = doctor(&sim.registry_url, good.path(), &s3, SECRET_KEY);
-    command
-        .env("PULLTHROUGH_UPSTREAM_DOCKER_IO_USERNAME", "ci")
-        .env("PULLTHROUGH_UPSTREAM_DOCKER_IO_PASSWORD", "wrong");
-    let (ok, out) = run(command).await;
+    // Credentials for a realm on another host than the registry's are
+    // withheld (the egress policy) until that host is in auth_hosts.
+    let with_credentials = |password: &'static str, config: Option<&Path>| {
+        let mut command = doctor(&sim.registry_url, good.path(), &s3, SECRET_KEY);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .env("PULLTHROUGH_UPSTREAM_DOCKER_IO_USERNAME", "ci")
+            .env("PULLTHROUGH_UPSTREAM_DOCKER_IO_PASSWORD", password);
+        command
+    };
+    let (ok, out) = run(with_credentials("right", None)).await;
+    assert!(!ok, "{out}");
+    let (text, hint) = line(&out, "docker.io", "v2");
+    assert!(
+        text.starts_with('✗') && text.contains("credentials were withheld"),
+        "{text}"
+    );
+    assert!(
+        hint.contains("upstreams.\"docker.io\".auth_hosts"),
+        "{hint}"
+    );
+
+    let trusted = good.path().join("trusted.toml");
+    let realm_host = sim.realm_url.trim_start_matches("http://");
+    std::fs::write(
+        &trusted,
+        format!(
+            "[upstreams.\"docker.io\"]\nurl = \"{}\"\nauth_hosts = [\"{realm_host}\"]\n",
+            sim.registry_url
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(with_credentials("wrong", Some(&trusted))).await;
     assert!(!ok, "{out}");
     let (text, hint) = line(&out, "docker.io", "v2");
     assert!(

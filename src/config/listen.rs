@@ -34,7 +34,10 @@ pub struct ListenLimits {
     /// kernel's backlog until one closes.
     pub max_connections: usize,
     /// Requests in flight at once from one peer address (a response counts
-    /// until its body is sent); more get 429 `TOOMANYREQUESTS`.
+    /// until its body is sent); more get 429 `TOOMANYREQUESTS`. A backstop
+    /// against one runaway client, not a quota: a 429 sends containerd and
+    /// dockerd to Docker Hub, and behind a load balancer that hides client
+    /// addresses every node shares one address.
     pub max_requests_per_ip: usize,
     /// Concurrent streams on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
@@ -47,7 +50,7 @@ impl Default for ListenLimits {
             idle_timeout: Duration::from_secs(75),
             max_header_bytes: ByteSize::kib(64),
             max_connections: 16_384,
-            max_requests_per_ip: 256,
+            max_requests_per_ip: 4096,
             max_streams_per_connection: 256,
         }
     }

@@ -26,6 +26,15 @@ impl Upstream {
         &self.base
     }
 
+    /// How often the egress policy withheld this upstream's credentials
+    /// from a token realm it does not trust (see `egress`).
+    pub fn credentials_withheld(&self) -> u64 {
+        self.metrics
+            .egress_refused
+            .with_label_values(&[&self.name, "credentials_withheld"])
+            .get()
+    }
+
     /// `GET /v2/`, answering a challenge with the token flow.
     pub async fn check_base(&self) -> Result<BaseAnswer, UpstreamError> {
         let repo = RepoName::parse(CHECK_REPO).expect("a valid repository name");

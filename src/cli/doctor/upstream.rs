@@ -90,7 +90,9 @@ pub(super) async fn checks(upstream: &Upstream, config: &Config, credentials: bo
     };
     checks.push(Check::pass(name, "tcp", format!("connected to {addr}")));
 
+    let withheld = upstream.credentials_withheld();
     let base = upstream.check_base().await;
+    let withheld = upstream.credentials_withheld() > withheld;
     let https = url.scheme() == "https";
     match (&base, https) {
         (_, false) => checks.push(Check::skip(name, "tls", "plain http: no TLS to check")),
@@ -116,16 +118,29 @@ pub(super) async fn checks(upstream: &Upstream, config: &Config, credentials: bo
             return skip_rest(checks, name, "v2");
         }
     };
-    let how = if credentials {
-        "with the configured credentials"
-    } else {
-        "anonymously"
-    };
-    checks.push(Check::pass(
-        name,
-        "v2",
-        format!("/v2/ answered {} {how}", answer.status),
-    ));
+    checks.push(match (credentials, withheld) {
+        (true, true) => Check::fail(
+            name,
+            "v2",
+            format!(
+                "/v2/ answered {} only anonymously: its token realm is on another host, so the configured credentials were withheld",
+                answer.status
+            ),
+            format!(
+                "if that realm (see the WARN line) is this registry's own token service, add its host to upstreams.\"{name}\".auth_hosts"
+            ),
+        ),
+        (true, false) => Check::pass(
+            name,
+            "v2",
+            format!("/v2/ answered {} with the configured credentials", answer.status),
+        ),
+        (false, _) => Check::pass(
+            name,
+            "v2",
+            format!("/v2/ answered {} anonymously", answer.status),
+        ),
+    });
     checks.push(clock(name, answer.date));
     checks.push(budget(upstream, credentials).await);
     checks
