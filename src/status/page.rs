@@ -97,12 +97,7 @@ fn summary(html: &mut String, s: &Snapshot) {
         figure("errors", r.errors, &r.errors.to_string()),
     );
     html.push_str("<h2>Hits and bytes served by tier</h2><table><tr><th>tier</th><th>hits</th><th>bytes served</th></tr>");
-    let mut tiers: Vec<&String> = r.hits_by_tier.keys().chain(s.served_bytes.keys()).collect();
-    tiers.sort();
-    tiers.dedup();
-    for tier in tiers {
-        let hits = r.hits_by_tier.get(tier).copied().unwrap_or(0);
-        let served = s.served_bytes.get(tier).copied().unwrap_or(0);
+    for (tier, hits, served) in s.tiers() {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",

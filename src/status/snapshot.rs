@@ -129,6 +129,23 @@ fn circuit_name(gauge: i64) -> &'static str {
 }
 
 impl Snapshot {
+    /// Each tier that answered hits or served bytes, in name order, with
+    /// its hits and bytes served: one row of the page's and the table's.
+    pub fn tiers(&self) -> Vec<(&str, u64, u64)> {
+        let hits = &self.requests.hits_by_tier;
+        let mut names: Vec<&String> = hits.keys().chain(self.served_bytes.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|tier| {
+                let hit = hits.get(tier).copied().unwrap_or(0);
+                let served = self.served_bytes.get(tier).copied().unwrap_or(0);
+                (tier.as_str(), hit, served)
+            })
+            .collect()
+    }
+
     /// Takes a snapshot now.
     pub fn take(registry: &Registry, metrics: &Metrics, board: &Board) -> Snapshot {
         registry.refresh_cache_gauges();

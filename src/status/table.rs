@@ -31,12 +31,7 @@ pub fn write_table(s: &Snapshot, out: &mut impl Write) -> io::Result<()> {
     )?;
 
     writeln!(out, "\n{:<10} {:>10} {:>14}", "TIER", "HITS", "SERVED")?;
-    let mut tiers: Vec<&String> = r.hits_by_tier.keys().chain(s.served_bytes.keys()).collect();
-    tiers.sort();
-    tiers.dedup();
-    for tier in tiers {
-        let hits = r.hits_by_tier.get(tier).copied().unwrap_or(0);
-        let served = s.served_bytes.get(tier).copied().unwrap_or(0);
+    for (tier, hits, served) in s.tiers() {
         writeln!(out, "{tier:<10} {hits:>10} {:>14}", bytes(served))?;
     }
 
