@@ -8,7 +8,7 @@
 //! - [`cache`]: content-addressed tiers (memory, disk) behind one trait,
 //!   and single-flight downloads.
 //! - [`upstream`]: the configured registries, their auth and rate limits.
-//! - [`config`], [`metrics`], [`digest`], [`reference`], [`singleflight`]:
+//! - [`config`], [`metrics`], [`clock`], [`digest`], [`reference`], [`singleflight`]:
 //!   the shared pieces.
 //! - [`status`]: the operator's view (status page, `pullthrough status`).
 //! - [`cli`]: the operator commands `status`, `warm` and `doctor`.
@@ -21,6 +21,7 @@
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod listen;

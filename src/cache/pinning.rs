@@ -98,7 +98,7 @@ impl TieredCache {
     pub fn hold_image(&self, digest: &Digest, body: Option<&[u8]>, at_least: Option<Duration>) {
         let evictor = self.disk().evictor();
         let length = at_least.map_or(evictor.pull_hold(), |d| d.max(evictor.pull_hold()));
-        let until = super::evict::now_ms().saturating_add(length.as_millis() as u64);
+        let until = crate::clock::now_ms().saturating_add(length.as_millis() as u64);
         evictor.hold([digest], until);
         let Some(body) = body else {
             return;

@@ -38,6 +38,7 @@ use super::read::read_whole;
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
 };
+use crate::clock::now_ms;
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 
@@ -111,10 +112,6 @@ fn s3_error(message: impl Into<String>) -> CacheError {
         tier: "s3",
         message: message.into(),
     }
-}
-
-fn now_ms() -> u64 {
-    crate::registry::now_ms()
 }
 
 /// The HTTP status of a failed call, when it got that far.

@@ -30,7 +30,7 @@ pub use ops::{PinReport, Readiness};
 pub use referrers::{ReferrersReply, fallback_tag};
 pub use share::ClientId;
 pub use tag_store::TagStore;
-pub use tags::{TagEntry, TagKey, TagRecord, now_ms};
+pub use tags::{TagEntry, TagKey, TagRecord};
 
 use crate::cache::{CacheError, Flights, ObjectKey, TieredCache};
 use crate::config::Config;

@@ -16,7 +16,8 @@ use http::{HeaderMap, HeaderValue, header};
 use moka::sync::Cache;
 use serde_json::{Value, json};
 
-use super::{AcceptSet, ClientId, Outcome, Registry, RegistryError, now_ms};
+use super::{AcceptSet, ClientId, Outcome, Registry, RegistryError};
+use crate::clock::now_ms;
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName, Tag};
 use crate::upstream::{ErrorKind, OCI_INDEX, Upstream, is_index};

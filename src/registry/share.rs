@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use super::tags::now_ms;
+use crate::clock::now_ms;
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
 
 /// Who asked: the key of a client's share. An address today; an

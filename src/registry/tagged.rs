@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use super::accept::{AcceptSet, Kind};
 use super::manifests::{ManifestReply, is_not_a_manifest, is_transient, not_found, store_logged};
-use super::tags::{TagKey, TagRecord, now_ms};
+use super::tags::{TagKey, TagRecord};
 use super::{ClientId, Outcome, Registry, RegistryError};
 use crate::cache::{ObjectKey, Verified};
+use crate::clock::now_ms;
 use crate::digest::Digest;
 use crate::reference::{RepoName, Tag};
 use crate::upstream::{Standing, Upstream};

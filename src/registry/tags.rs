@@ -12,7 +12,7 @@
 //! revalidated with a HEAD; `tag_store` keeps entries in memory, on disk
 //! and in the shared tier.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,13 +56,6 @@ pub struct TagRecord {
     /// manifest cannot be fetched.
     #[serde(default)]
     pub previous_digest: Option<String>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TagRecord {

@@ -22,6 +22,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorKind, UpstreamError};
+use crate::clock::now_ms;
 use crate::config::BudgetConfig;
 use crate::metrics::Metrics;
 
@@ -70,13 +71,6 @@ pub struct Budget {
     policy: BudgetConfig,
     state: Mutex<BudgetState>,
     metrics: Metrics,
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Budget {

@@ -36,12 +36,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use bounds::{Bounds, FsUsage, Limits};
 pub use refs::{References, references};
 
 use super::{ObjectKey, ObjectKind};
+use crate::clock::now_ms;
 use crate::digest::Digest;
 use crate::metrics::Metrics;
 use index::Index;
@@ -363,14 +364,4 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    system_ms(SystemTime::now())
-}
-
-fn system_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -88,7 +88,7 @@ async fn pinned_and_held_objects_stay_and_holds_run_out() {
     tier.evictor()
         .pin(pinned.digest.clone(), [].into())
         .unwrap();
-    let now = super::now_ms();
+    let now = crate::clock::now_ms();
     tier.evictor().hold([&held.digest], now + 300);
     let newest = store(&tier, 3).await;
     store(&tier, 4).await;

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use super::{PASS_EVERY, Shared, system_ms};
+use super::{PASS_EVERY, Shared};
 use crate::cache::{ObjectKey, ObjectKind};
+use crate::clock::unix_ms;
 use crate::digest::Digest;
 
 /// Calls `found` with each object under `dir` (`<algorithm>/<xx>/<hex>`):
@@ -33,7 +34,7 @@ pub(super) fn walk_dir(dir: &Path, kind: ObjectKind, found: &mut impl FnMut(Obje
                     let type_file = crate::cache::disk::media_type_path(&file.path());
                     size += std::fs::metadata(type_file).map_or(0, |m| m.len());
                 }
-                let mtime_ms = meta.modified().map_or(0, system_ms);
+                let mtime_ms = meta.modified().map_or(0, unix_ms);
                 found(ObjectKey { kind, digest }, size, mtime_ms);
             }
         }
