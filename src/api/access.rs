@@ -79,7 +79,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         size,
         ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
     );
-    post_to_board(&state, &method, &uri, &response, kind, outcome);
+    post_to_board(&state, &method, &uri, &response, outcome);
     if let Some(kind) = kind {
         let kind = kind.as_str();
         state
@@ -95,6 +95,12 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     }
     response
 }
+
+/// The image a manifest response served, named as routed (so `alpine`,
+/// `library/alpine` and containerd's `?ns=docker.io` are one image), for
+/// the hottest-images list.
+#[derive(Clone, Debug)]
+pub(super) struct ServedImage(pub String);
 
 /// The `tier` label of `pullthrough_served_bytes_total` for an outcome.
 fn served_from(outcome: &str) -> Option<&'static str> {
@@ -115,21 +121,11 @@ fn post_to_board(
     method: &http::Method,
     uri: &http::Uri,
     response: &Response,
-    kind: Option<EndpointKind>,
     outcome: &str,
 ) {
     let status = response.status();
-    // Named as routed, so `alpine`, `library/alpine` and containerd's
-    // `?ns=docker.io` count as one image.
-    if kind == Some(EndpointKind::Manifest)
-        && status.is_success()
-        && let Some((ns, name, reference)) =
-            crate::status::manifest_request(uri.path(), uri.query())
-        && let Ok(repo) = crate::reference::RepoName::parse(name)
-        && let Ok((upstream, repo)) = state.registry.route(ns, &repo)
-    {
-        let image = crate::status::image_name(upstream.name(), repo.as_str(), reference);
-        state.board.count_image(&image);
+    if let Some(ServedImage(image)) = response.extensions().get() {
+        state.board.count_image(image);
     }
     if status.is_client_error() || status.is_server_error() {
         let note = response.extensions().get::<super::ErrorNote>();

@@ -4,6 +4,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
+use super::access::ServedImage;
 use super::{ApiError, AppState, query_param, resolve};
 use crate::reference::Reference;
 use crate::registry::{AcceptSet, ClientId, ManifestReply, Outcome};
@@ -19,13 +20,16 @@ pub async fn serve(
     client: &ClientId,
 ) -> Result<Response, ApiError> {
     let (upstream, repo) = resolve(state, query, name)?;
+    let image = crate::status::image_name(upstream.name(), repo.as_str(), reference);
     let reference = Reference::parse(reference).map_err(ApiError::manifest_reference)?;
     let accept = AcceptSet::from_headers(headers);
     let reply = state
         .registry
         .manifest(&upstream, &repo, &reference, &accept, !head, client)
         .await?;
-    Ok(manifest_response(reply))
+    let mut response = manifest_response(reply);
+    response.extensions_mut().insert(ServedImage(image));
+    Ok(response)
 }
 
 /// The exact bytes with the headers clients check, on GET and HEAD alike.

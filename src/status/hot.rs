@@ -64,25 +64,6 @@ impl HotImages {
     }
 }
 
-/// What a manifest request names: its `ns` query parameter (if any), the
-/// repository and the tag or digest, from `/v2/<name>/manifests/<ref>`;
-/// `None` for any other path.
-pub fn manifest_request<'r>(
-    path: &'r str,
-    query: Option<&'r str>,
-) -> Option<(Option<&'r str>, &'r str, &'r str)> {
-    let (name, reference) = path.strip_prefix("/v2/")?.rsplit_once("/manifests/")?;
-    if name.is_empty() || reference.is_empty() {
-        return None;
-    }
-    let ns = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("ns="))
-        .filter(|ns| !ns.is_empty());
-    Some((ns, name, reference))
-}
-
 /// An image as the hottest list shows it: `registry/repository:tag` or
 /// `registry/repository@digest`.
 pub fn image_name(registry: &str, repository: &str, reference: &str) -> String {
@@ -95,17 +76,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn manifest_requests_are_read_from_their_paths() {
-        assert_eq!(
-            manifest_request("/v2/library/nginx/manifests/1.27", None),
-            Some((None, "library/nginx", "1.27"))
-        );
-        assert_eq!(
-            manifest_request("/v2/org/app/manifests/sha256:ab", Some("x=1&ns=ghcr.io")),
-            Some((Some("ghcr.io"), "org/app", "sha256:ab"))
-        );
-        assert_eq!(manifest_request("/v2/org/app/blobs/sha256:ab", None), None);
-        assert_eq!(manifest_request("/metrics", None), None);
+    fn images_are_named_by_registry_repository_and_reference() {
         assert_eq!(
             image_name("ghcr.io", "org/app", "sha256:ab"),
             "ghcr.io/org/app@sha256:ab"

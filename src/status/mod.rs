@@ -16,7 +16,7 @@ mod snapshot;
 mod table;
 
 pub use board::{Board, ErrorEntry, Sample};
-pub use hot::{HotImages, image_name, manifest_request};
+pub use hot::{HotImages, image_name};
 pub use page::render_page;
 pub use snapshot::{CacheTier, Downloads, HotImage, Pulls, Requests, Snapshot, UpstreamStatus};
 pub use table::write_table;
