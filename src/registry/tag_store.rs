@@ -66,20 +66,12 @@ impl TagStore {
         self.max_records.store(max.max(1), Ordering::Relaxed);
     }
 
-    /// Prunes the records on disk in the background at the first update
-    /// and every twentieth of the limit after.
-    fn prune_in_turn(&self) {
+    /// The limit to prune the records on disk to, at the first update and
+    /// every twentieth of the limit after; `None` between.
+    fn prune_turn(&self) -> Option<u64> {
         let max = self.max_records.load(Ordering::Relaxed);
         let updates = self.updates.fetch_add(1, Ordering::Relaxed);
-        if !updates.is_multiple_of((max / 20).max(1)) {
-            return;
-        }
-        let dir = self.dir.clone();
-        blocking::detach(move || match super::tag_prune::prune(&dir, max) {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "dropped the least recently used tag records"),
-            Err(e) => tracing::warn!(error = %e, "could not prune the tag records"),
-        });
+        updates.is_multiple_of((max / 20).max(1)).then_some(max)
     }
 
     /// The entry for `key` from memory, else from disk, else from the
@@ -147,7 +139,7 @@ impl TagStore {
                 entry
             })
             .into_value();
-        self.prune_in_turn();
+        let prune = self.prune_turn();
         let name = key.file_name();
         if let Some(shared) = self.shared.clone() {
             let object = shared.tag_key(&format!("{BY_TAG}/{name}"));
@@ -171,6 +163,17 @@ impl TagStore {
             let latest = memory.get(&key).unwrap_or(snapshot);
             if let Err(e) = write_entry(&dir, &name, &latest) {
                 tracing::warn!(error = %e, "could not save a tag entry");
+            }
+            // After the write, in the same job: a prune that ran before a
+            // write still in flight would leave one record too many.
+            if let Some(max) = prune {
+                match super::tag_prune::prune(&dir, max) {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        tracing::info!(removed, "dropped the least recently used tag records")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not prune the tag records"),
+                }
             }
         });
         entry
