@@ -33,6 +33,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use super::read::{ByteStream, follow, map_file};
+use super::relay::Relay;
 use super::view::View;
 use super::writer::{Writer, reason};
 use super::{CacheError, Content, ObjectKey, TieredCache, Verified};
@@ -92,11 +93,13 @@ pub(super) enum Progress {
         size: Option<u64>,
         written: u64,
         origin: Origin,
+        relay: Relay,
     },
     Done {
         view: View,
         size: u64,
         origin: Origin,
+        relay: Relay,
     },
     Failed(FlightError),
 }
@@ -127,6 +130,59 @@ impl Progress {
         match self {
             Progress::Streaming { view, .. } | Progress::Done { view, .. } => Some(view),
             Progress::Connecting | Progress::Failed(_) => None,
+        }
+    }
+
+    /// The line its followers wait in, once bytes flow.
+    fn relay(&self) -> Option<&Relay> {
+        match self {
+            Progress::Streaming { relay, .. } | Progress::Done { relay, .. } => Some(relay),
+            Progress::Connecting | Progress::Failed(_) => None,
+        }
+    }
+}
+
+/// A download's side of its progress: every change is announced to the
+/// followers' relay, and a download that ends without a final state (its
+/// task panicked or was cut off) leaves `Failed(Abandoned)` behind, so no
+/// follower waits forever.
+pub(super) struct Publisher {
+    progress: watch::Sender<Progress>,
+    relay: Relay,
+}
+
+impl Publisher {
+    pub(super) fn new(progress: watch::Sender<Progress>) -> Self {
+        Publisher {
+            progress,
+            relay: Relay::default(),
+        }
+    }
+
+    /// The relay to hand to followers in the states published.
+    pub(super) fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    pub(super) fn replace(&self, state: Progress) {
+        self.progress.send_replace(state);
+        self.relay.announce();
+    }
+
+    pub(super) fn modify(&self, change: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(change);
+        self.relay.announce();
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let open = matches!(
+            *self.progress.borrow(),
+            Progress::Connecting | Progress::Streaming { .. }
+        );
+        if open {
+            self.replace(Progress::Failed(FlightError::Abandoned));
         }
     }
 }
@@ -161,7 +217,9 @@ impl Flight {
     /// arrive. Call after [`Flight::ready`] succeeded.
     pub fn stream(&self, start: u64, end: u64) -> ByteStream {
         let counted = crate::metrics::GaugeHeld::new(&self.clients);
-        follow(self.progress.clone(), start, end, counted)
+        // Failed has no relay, and its followers never wait: any will do.
+        let relay = self.progress.borrow().relay().cloned().unwrap_or_default();
+        follow(self.progress.clone(), relay, start, end, counted)
     }
 }
 
@@ -220,18 +278,26 @@ async fn download<S>(
     S: Future<Output = Result<Source, SourceError>>,
 {
     let _active = crate::metrics::GaugeHeld::new(&metrics.traffic.downloads_active);
-    if let Some(done) = recheck(&key, &cache).await {
-        progress.send_replace(done);
+    let progress = Publisher::new(progress);
+    if let Some(done) = recheck(&key, &cache, progress.relay()).await {
+        progress.replace(done);
         return;
     }
     match transfer(&key, &cache, source, &progress, &metrics).await {
         Ok((verified, origin)) => {
-            progress.send_modify(|state| {
-                if let Progress::Streaming { view, origin, .. } = state {
+            progress.modify(|state| {
+                if let Progress::Streaming {
+                    view,
+                    origin,
+                    relay,
+                    ..
+                } = state
+                {
                     *state = Progress::Done {
                         view: view.clone(),
                         size: verified.size,
                         origin: *origin,
+                        relay: relay.clone(),
                     };
                 }
             });
@@ -258,14 +324,14 @@ async fn download<S>(
                 metrics.digest_mismatches.with_label_values(&["blob"]).inc();
             }
             tracing::warn!(digest = %key.digest, error = %e, "download failed; nothing cached");
-            progress.send_replace(Progress::Failed(e));
+            progress.replace(Progress::Failed(e));
         }
     }
 }
 
 /// The hand-off re-check: the object as a finished download, when a tier
 /// holds it after all.
-async fn recheck(key: &ObjectKey, cache: &TieredCache) -> Option<Progress> {
+async fn recheck(key: &ObjectKey, cache: &TieredCache, relay: &Relay) -> Option<Progress> {
     let (object, tier) = cache.lookup(key).await.ok()??;
     let size = object.meta.size;
     let view = View::Mapped(match object.content {
@@ -276,6 +342,7 @@ async fn recheck(key: &ObjectKey, cache: &TieredCache) -> Option<Progress> {
         view,
         size,
         origin: Origin::Cached(tier),
+        relay: relay.clone(),
     })
 }
 
@@ -306,7 +373,7 @@ async fn transfer<S>(
     key: &ObjectKey,
     cache: &TieredCache,
     source: S,
-    progress: &watch::Sender<Progress>,
+    progress: &Publisher,
     metrics: &Metrics,
 ) -> Result<(Transferred, Origin), FlightError>
 where
@@ -326,11 +393,12 @@ where
         (_, Some(tail), _) => View::Mapped(Bytes::new()).spill(0, tail.clone()),
         _ => View::Mapped(Bytes::new()),
     };
-    progress.send_replace(Progress::Streaming {
+    progress.replace(Progress::Streaming {
         view,
         size: source.size,
         written: 0,
         origin,
+        relay: progress.relay().clone(),
     });
 
     let mut body = source.body;

@@ -15,6 +15,7 @@ mod memory;
 mod pinning;
 mod probe;
 mod read;
+mod relay;
 mod s3;
 mod tiered;
 mod view;

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +21,8 @@ use tokio::sync::watch;
 
 use super::blocking;
 use super::flight::Progress;
+use super::relay::Relay;
+use super::view::View;
 
 /// A response body's bytes; an `Err` item aborts the client connection.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -81,15 +83,21 @@ impl AsRef<[u8]> for Mapped {
 }
 
 /// Streams bytes `start..end` of a download as its `progress` allows
-/// (`end` is clamped to the final size; `u64::MAX` reads to the end).
+/// (`end` is clamped to the final size; `u64::MAX` reads to the end),
+/// waiting for news in the download's `relay`.
 pub(super) fn follow(
     progress: watch::Receiver<Progress>,
+    relay: Relay,
     start: u64,
     end: u64,
     counted: crate::metrics::GaugeHeld,
 ) -> ByteStream {
     let follower = Follower {
         progress,
+        relay,
+        looked: false,
+        view: None,
+        readable: 0,
         pos: start,
         end,
         finished: false,
@@ -116,6 +124,12 @@ pub(super) fn follow(
 /// One client's place in a download.
 struct Follower {
     progress: watch::Receiver<Progress>,
+    relay: Relay,
+    /// Whether the download's progress was looked at yet.
+    looked: bool,
+    /// The bytes and how far they were readable at the last look.
+    view: Option<View>,
+    readable: u64,
     pos: u64,
     end: u64,
     finished: bool,
@@ -127,34 +141,52 @@ impl Follower {
     /// The next piece, waiting for the download where needed; `None` at
     /// the end.
     async fn next_piece(&mut self) -> io::Result<Option<Bytes>> {
+        // Whether the relay woke this client: it then passes the news on.
+        let mut woken = false;
         loop {
-            let (view, readable, size) = {
-                let state = self.progress.borrow_and_update();
-                let (readable, size) = state.readable().map_err(io::Error::other)?;
-                (state.view().cloned(), readable, size)
-            };
-            if let Some(size) = size {
-                self.end = self.end.min(size);
-            }
+            // What the last look made readable goes out without a new look.
             if self.pos >= self.end {
                 return Ok(None);
             }
-            if let Some(view) = view.filter(|_| self.pos < readable) {
-                let stop = readable.min(self.end).min(self.pos + CHUNK);
+            if let Some(view) = self.view.as_ref().filter(|_| self.pos < self.readable) {
+                let stop = self.readable.min(self.end).min(self.pos + CHUNK);
                 let piece = view.piece(self.pos, stop);
                 if !piece.is_empty() {
                     self.pos += piece.len() as u64;
                     return Ok(Some(piece));
                 }
             }
-            // A closed channel is the run's end: only a finished download
-            // may still be read from; anything else was abandoned.
-            if self.progress.changed().await.is_err()
-                && !matches!(*self.progress.borrow(), Progress::Done { .. })
-            {
-                return Err(io::Error::other("the download was abandoned"));
+            // Caught up: take a place in the relay's line, then look for
+            // news (see `relay.rs` for why in that order).
+            let relay = self.relay.clone();
+            let mut place = pin!(relay.place());
+            woken |= place.as_mut().enable();
+            if !self.looked || self.progress.has_changed().unwrap_or(true) {
+                let looked = self.look();
+                if std::mem::take(&mut woken) {
+                    relay.announce();
+                }
+                looked?;
+                continue;
             }
+            // Nothing new to us, so nothing new to anyone behind us either:
+            // a wake-up we hold ends here.
+            place.await;
+            woken = true;
         }
+    }
+
+    /// Takes in the download's latest progress.
+    fn look(&mut self) -> io::Result<()> {
+        self.looked = true;
+        let state = self.progress.borrow_and_update();
+        let (readable, size) = state.readable().map_err(io::Error::other)?;
+        if let Some(size) = size {
+            self.end = self.end.min(size);
+        }
+        self.readable = readable;
+        self.view = state.view().cloned();
+        Ok(())
     }
 }
 

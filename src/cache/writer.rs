@@ -15,10 +15,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::flight::{FlightError, Progress};
+use super::flight::{FlightError, Progress, Publisher};
 use super::read::map_file;
 use super::view::Tail;
 use super::{CacheError, TempFile, blocking};
@@ -159,10 +158,7 @@ impl Writer {
 
     /// Waits for the batch being written, then lets readers see it; a
     /// failed write moves the download to memory.
-    pub(super) async fn settle(
-        &mut self,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<(), FlightError> {
+    pub(super) async fn settle(&mut self, progress: &Publisher) -> Result<(), FlightError> {
         let Some((job, batch)) = self.job.take() else {
             return Ok(());
         };
@@ -200,7 +196,7 @@ impl Writer {
             _ => None,
         };
         let written = self.written;
-        progress.send_modify(|state| {
+        progress.modify(|state| {
             if let Progress::Streaming {
                 view, written: w, ..
             } = state
