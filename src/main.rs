@@ -242,7 +242,7 @@ const BLOCKING_THREADS: usize = 32;
 
 async fn serve_until_signal(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let listening = pullthrough::listen::Listening::from_config(config)?;
-    let listener = server::bind(config).await?;
+    let listener = server::bind(config)?;
     let starting = server::serve_while_starting(&listener, &listening)?;
     let state = server::build_state(config).await?;
     starting.finish().await;

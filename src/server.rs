@@ -72,14 +72,25 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     })
 }
 
+/// Connections the kernel may hold for us before they are accepted; it
+/// caps this at `net.core.somaxconn` (4096 by default since Linux 5.4).
+/// A rollout connects thousands of nodes in the same instant: with the
+/// usual 1024, the rest see their SYN dropped and retry after a second.
+const LISTEN_BACKLOG: u32 = 65_535;
+
 /// Binds the configured address.
-pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
-    TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })
+pub fn bind(config: &Config) -> Result<TcpListener, StartError> {
+    let addr = config.listen;
+    let listening = || {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listening().map_err(|source| StartError::Listen { addr, source })
 }
 
 /// Health checks answered while the state is being built; see
