@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use sha2::{Digest as _, Sha256};
 
 /// A client for loopback servers: no proxy from the environment, no
@@ -57,6 +59,47 @@ pub async fn get_checked(
             ));
         }
         Ok(len)
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("GET {url}: no complete answer within {timeout:?}"))?
+}
+
+/// GETs `url` and checks that the answer is a 200 carrying exactly
+/// `expected`, comparing each piece as it arrives: as exact as hashing at a
+/// fraction of the CPU, for where thousands of clients share this machine
+/// with the server they measure. Returns the body's length.
+pub async fn get_compared(
+    client: &reqwest::Client,
+    url: &str,
+    expected: &Bytes,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let fetch = async {
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if response.status() != 200 {
+            return Err(format!("GET {url}: {}", response.status()));
+        }
+        let mut len = 0usize;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("GET {url}: body: {e}"))?
+        {
+            let end = len + chunk.len();
+            if expected.get(len..end) != Some(&chunk[..]) {
+                return Err(format!("GET {url}: wrong bytes in {len}..{end}"));
+            }
+            len = end;
+        }
+        if len != expected.len() {
+            return Err(format!("GET {url}: {len} of {} bytes", expected.len()));
+        }
+        Ok(len as u64)
     };
     tokio::time::timeout(timeout, fetch)
         .await

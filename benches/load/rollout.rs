@@ -98,7 +98,7 @@ pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(),
             println!("  {clients} clients: skipped, the open files limit is {open_files}");
             continue;
         }
-        let layer = seed_blob(&sim, LAYER, 72 + i as u64);
+        let layer = super::support::random_bytes(LAYER, 72 + i as u64);
         match run_fleet(rt, binary, &sim, clients, &layer, [&memory, &disk]) {
             Ok(fleet) => print(&fleet),
             Err(e) => println!("  {clients} clients: failed: {e}"),
@@ -128,7 +128,7 @@ fn run_fleet(
     binary: &std::path::Path,
     sim: &HubSim,
     clients: usize,
-    layer: &str,
+    layer: &Bytes,
     warm: [&str; 2],
 ) -> Result<Fleet, String> {
     let server =
@@ -157,7 +157,8 @@ fn run_fleet(
     let sampler = Sampler::start(pid, SAMPLE_EVERY);
     let prober = probe::Background::start(targets, BURST_ROUNDS, BURST_PAUSE);
     let started = Instant::now();
-    let results = burst(&client_rt, &target(&server, layer), clients);
+    let layer_url = target(&server, &sim.put_blob(layer.clone())).url;
+    let results = burst(&client_rt, &layer_url, layer, clients);
     let elapsed = started.elapsed();
     let burst = prober.finish();
     let peak = sampler.finish();
@@ -193,27 +194,35 @@ fn run_fleet(
 }
 
 /// The clients stand in for nodes on other machines: on this shared
-/// machine their hashing runs at the lowest priority, so it does not take
-/// the CPU from the server whose latency is measured.
+/// machine their threads run under `SCHED_IDLE`, so their receiving and
+/// hashing of gigabytes only uses CPU that the server and the prober leave
+/// idle (a waking normal thread always preempts an idle-class one; nice 19
+/// does not give that: under EEVDF a nice-19 thread still runs out its
+/// slice, which put milliseconds into the warm requests' latency).
 fn lowest_priority() {
-    // SAFETY: setpriority only changes scheduling; on Linux `who = 0` with
-    // PRIO_PROCESS names the calling thread.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: only changes the calling thread's scheduling class (`pid` 0
+    // names the calling thread on Linux); `param` outlives the call.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 
-/// `clients` concurrent GETs of `layer`, each on its own connection, each
-/// hashing the body as it streams in.
-fn burst(rt: &tokio::runtime::Runtime, layer: &Target, clients: usize) -> Vec<Result<u64, String>> {
+/// `clients` concurrent GETs of `layer` at `url`, each on its own
+/// connection, each comparing the body with `layer` as it streams in.
+fn burst(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    layer: &Bytes,
+    clients: usize,
+) -> Vec<Result<u64, String>> {
     let client = http::client();
     rt.block_on(async {
         let tasks: Vec<_> = (0..clients)
             .map(|_| {
-                let (client, layer) = (client.clone(), layer.clone());
+                let (client, url, layer) = (client.clone(), url.to_owned(), layer.clone());
                 tokio::spawn(async move {
-                    http::get_checked(&client, &layer.url, None, &layer.digest, CLIENT_TIMEOUT)
-                        .await
+                    http::get_compared(&client, &url, &layer, CLIENT_TIMEOUT).await
                 })
             })
             .collect();
