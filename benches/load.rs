@@ -43,6 +43,8 @@
 //! same machine at the same moment is reasonably stable. Targets are
 //! printed and never enforced.
 
+#[path = "load/ceiling.rs"]
+mod ceiling;
 #[path = "load/coalesce.rs"]
 mod coalesce;
 #[path = "load/http.rs"]
@@ -399,7 +401,7 @@ fn run() -> Result<(), String> {
     }
     if matches!(only, Only::All | Only::Rollout) {
         // Only pullthrough takes part; the other servers are stopped.
-        rollout::run(&rt, &binary)?;
+        rollout::run(&rt, &binary, procs::find_program("nginx").as_deref())?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use super::probe::{self, Target, Timings};
 use super::procstat::{self, Peak, Sampler};
 use super::servers::{self, Server};
 use super::support::hubsim::{HubSim, SimOptions};
-use super::{Fixture, http, procs, report};
+use super::{Fixture, ceiling, http, procs, report};
 
 /// Clients per burst, one burst each.
 const FLEETS: [usize; 2] = [1_000, 2_000];
@@ -69,13 +69,18 @@ struct Fleet {
 
 /// Runs one burst per fleet size against fresh pullthrough processes in
 /// front of a throttled simulator of its own, printing each as it ends.
-pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(), String> {
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    binary: &std::path::Path,
+    nginx: Option<&std::path::Path>,
+) -> Result<(), String> {
     let sim = rt.block_on(HubSim::start_with(SimOptions {
         cdn_bytes_per_sec: Some(UPSTREAM_BYTES_PER_SEC),
         ..SimOptions::default()
     }));
     let memory = seed_blob(&sim, MEMORY_BLOB, 70);
     let disk = seed_blob(&sim, DISK_BLOB, 71);
+    let warm = [(memory.0.as_str(), &memory.1), (disk.0.as_str(), &disk.1)];
     let open_files = procs::raise_open_files_limit()?;
     println!(
         "\ncluster rollout: N clients, each on its own connection, GET one cold {} MB layer \
@@ -99,18 +104,40 @@ pub fn run(rt: &tokio::runtime::Runtime, binary: &std::path::Path) -> Result<(),
             continue;
         }
         let layer = super::support::random_bytes(LAYER, 72 + i as u64);
-        match run_fleet(rt, binary, &sim, clients, &layer, [&memory, &disk]) {
+        match run_fleet(rt, binary, &sim, clients, &layer, [&memory.0, &disk.0]) {
             Ok(fleet) => print(&fleet),
             Err(e) => println!("  {clients} clients: failed: {e}"),
         }
+        let Some(nginx) = nginx else {
+            continue;
+        };
+        let plan = ceiling::Plan {
+            clients,
+            layer: &layer,
+            bytes_per_sec: UPSTREAM_BYTES_PER_SEC,
+            warm,
+            rounds: (IDLE_ROUNDS, BURST_ROUNDS, BURST_PAUSE),
+        };
+        let client_rt = clients_runtime()?;
+        let ceiling = ceiling::run(rt, nginx, &plan, |url| {
+            burst(&client_rt, url, &layer, clients)
+        });
+        match ceiling {
+            Ok(ceiling) => print_ceiling(&ceiling, clients),
+            Err(e) => println!("    nginx, the same burst: failed: {e}"),
+        }
+    }
+    if nginx.is_none() {
+        println!("  nginx is not installed: no ceiling to compare with (Debian: nginx-light)");
     }
     Ok(())
 }
 
-/// Stores `len` seeded random bytes in the simulator; returns the digest.
-fn seed_blob(sim: &HubSim, len: usize, seed: u64) -> String {
+/// Stores `len` seeded random bytes in the simulator; returns the digest
+/// and the bytes.
+fn seed_blob(sim: &HubSim, len: usize, seed: u64) -> (String, Bytes) {
     let bytes: Bytes = super::support::random_bytes(len, seed);
-    sim.put_blob(bytes)
+    (sim.put_blob(bytes.clone()), bytes)
 }
 
 fn target(server: &Server, digest: &str) -> Target {
@@ -145,12 +172,7 @@ fn run_fleet(
     // The last answer may be counted just after its client has read it.
     std::thread::sleep(Duration::from_millis(100));
     let after = tier_hits(rt, &server)?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(CLIENT_THREADS)
-        .on_thread_start(lowest_priority)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("clients' runtime: {e}"))?;
+    let client_rt = clients_runtime()?;
     let idle_anon = procstat::read(pid)?.anon_bytes;
 
     sim.reset_counters();
@@ -191,6 +213,16 @@ fn run_fleet(
         ),
         notes,
     })
+}
+
+/// The runtime the burst's clients run on.
+fn clients_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_THREADS)
+        .on_thread_start(lowest_priority)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("clients' runtime: {e}"))
 }
 
 /// The clients stand in for nodes on other machines: on this shared
@@ -308,6 +340,22 @@ fn print(f: &Fleet) {
     }
     if f.errors.len() > 5 {
         println!("    ... and {} more client errors", f.errors.len() - 5);
+    }
+}
+
+fn print_ceiling(c: &ceiling::Ceiling, clients: usize) {
+    println!(
+        "    nginx, the same burst (the layer a static file sent at {:.1} MB/s to each client): \
+         {}/{clients} clients with correct bytes; wall {:.2} s",
+        UPSTREAM_BYTES_PER_SEC as f64 / 1e6,
+        c.clients_ok,
+        c.elapsed.as_secs_f64()
+    );
+    for (i, label) in ["memory", "disk"].into_iter().enumerate() {
+        print_latency(label, &c.idle.seconds[i], &c.burst.seconds[i]);
+    }
+    for e in c.idle.errors.iter().chain(&c.burst.errors).take(3) {
+        println!("    warm request error: {e}");
     }
 }
 

@@ -190,6 +190,20 @@ pub fn start_nginx(
     files: &[StaticFile<'_>],
     manifest_type: &str,
 ) -> Result<Server, String> {
+    start_nginx_paced(rt, nginx, files, manifest_type, None, 1024)
+}
+
+/// [`start_nginx`] for `connections` clients at once, sending the file at
+/// `paced.0` at no more than `paced.1` (nginx syntax, such as `1m`) to
+/// each client, as a slow upstream would.
+pub fn start_nginx_paced(
+    rt: &tokio::runtime::Runtime,
+    nginx: &Path,
+    files: &[StaticFile<'_>],
+    manifest_type: &str,
+    paced: Option<(&str, &str)>,
+    connections: usize,
+) -> Result<Server, String> {
     let dir = temp_dir("bench-nginx-")?;
     let root = dir.path().join("www");
     for file in files {
@@ -200,15 +214,22 @@ pub fn start_nginx(
         std::fs::write(&path, file.bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let port = free_port()?;
-    let mut conf = nginx_prologue(nginx, dir.path(), "auto");
+    let mut conf = nginx_prologue_for(nginx, dir.path(), "auto", connections);
+    let paced = paced.map_or(String::new(), |(path, rate)| {
+        format!(
+            "\x20       location = {path} {{ types {{ }} default_type application/octet-stream; \
+             limit_rate {rate}; limit_rate_after 0; }}\n"
+        )
+    });
     let _ = write!(
         conf,
         "\x20   sendfile off;\n\
          \x20   output_buffers 2 1m;\n\
          \x20   keepalive_requests 1000000;\n\
          \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port};\n\
+         \x20       listen 127.0.0.1:{port} backlog=4096;\n\
          \x20       root {root};\n\
+         {paced}\
          \x20       location ~ ^/v2/.+/manifests/ {{ types {{ }} default_type {manifest_type}; }}\n\
          \x20       location /v2/ {{ types {{ }} default_type application/octet-stream; }}\n\
          \x20       location = /ready {{ return 200 \"ok\\n\"; }}\n\
@@ -260,6 +281,11 @@ pub fn start_rate_limited_proxy(
 /// The start of every nginx configuration the bench writes, up to and
 /// inside `http {`: files under `dir`, `workers` worker processes.
 fn nginx_prologue(nginx: &Path, dir: &Path, workers: &str) -> String {
+    nginx_prologue_for(nginx, dir, workers, 1024)
+}
+
+/// [`nginx_prologue`] with room for `connections` connections per worker.
+fn nginx_prologue_for(nginx: &Path, dir: &Path, workers: &str, connections: usize) -> String {
     let d = dir.display();
     let mut conf = String::new();
     // Workers must read the 0700 temporary directory: as root they would
@@ -271,15 +297,17 @@ fn nginx_prologue(nginx: &Path, dir: &Path, workers: &str) -> String {
     let _ = write!(
         conf,
         "worker_processes {workers};\n\
+         worker_rlimit_nofile {files};\n\
          daemon off;\n\
          pid {d}/nginx.pid;\n\
          error_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
+         events {{ worker_connections {connections}; }}\n\
          http {{\n\
          \x20   access_log off;\n\
          \x20   client_body_temp_path {d}/client_body;\n\
          {temp_paths}",
         temp_paths = nginx_temp_paths(nginx, dir),
+        files = connections * 2,
     );
     conf
 }
