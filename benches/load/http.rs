@@ -76,14 +76,7 @@ pub async fn get_compared(
     timeout: Duration,
 ) -> Result<u64, String> {
     let fetch = async {
-        let mut response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if response.status() != 200 {
-            return Err(format!("GET {url}: {}", response.status()));
-        }
+        let mut response = get_ok(client, url).await?;
         let mut len = 0usize;
         while let Some(chunk) = response
             .chunk()
@@ -104,4 +97,17 @@ pub async fn get_compared(
     tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| format!("GET {url}: no complete answer within {timeout:?}"))?
+}
+
+/// GETs `url` and returns the response, unless it failed or is not a 200.
+pub async fn get_ok(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    match response.status() {
+        reqwest::StatusCode::OK => Ok(response),
+        status => Err(format!("GET {url}: {status}")),
+    }
 }

@@ -67,14 +67,7 @@ pub struct CapResult {
 async fn timed_get(client: &reqwest::Client, url: &str, len: usize) -> Result<(f64, f64), String> {
     let started = Instant::now();
     let fetch = async {
-        let mut response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if response.status() != 200 {
-            return Err(format!("GET {url}: {}", response.status()));
-        }
+        let mut response = http::get_ok(client, url).await?;
         let (mut first, mut got) = (None, 0);
         while let Some(chunk) = response
             .chunk()

@@ -332,15 +332,7 @@ fn pooled_client() -> reqwest::Client {
 /// every blob before the final byte, and [`check`] hashes afterwards).
 async fn fetch(client: &reqwest::Client, url: &str, len: usize) -> Result<(), String> {
     let fetch = async {
-        let mut response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let status = response.status();
-        if status != 200 {
-            return Err(format!("GET {url}: {status}"));
-        }
+        let mut response = super::http::get_ok(client, url).await?;
         let mut got = 0;
         while let Some(chunk) = response
             .chunk()
