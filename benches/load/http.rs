@@ -1,5 +1,5 @@
 //! The bench's own HTTP client: warm-up fetches and the coalescing clients,
-//! hashing bodies as they stream in.
+//! checking bodies as they stream in.
 
 use std::time::Duration;
 

@@ -10,7 +10,8 @@
 //! not skewed by the previous burst) and its own never-fetched layer. The
 //! process's `RssAnon` and `Threads` are sampled from `/proc` every 20 ms;
 //! a prober on its own thread times sequential warm GETs, each on a fresh
-//! connection, first idle and then during the burst.
+//! connection, first idle and then during the burst. The same burst is then
+//! played against nginx (see `ceiling`), the practical ceiling.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ const BURST_PAUSE: Duration = Duration::from_millis(20);
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// Bound on one client's whole answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
-/// Worker threads of the clients' runtime (they hash every byte).
+/// Worker threads of the clients' runtime (they check every byte).
 const CLIENT_THREADS: usize = 2;
 /// File descriptors each side needs besides one per client.
 const SPARE_FILES: u64 = 512;
@@ -227,7 +228,7 @@ fn clients_runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// The clients stand in for nodes on other machines: on this shared
 /// machine their threads run under `SCHED_IDLE`, so their receiving and
-/// hashing of gigabytes only uses CPU that the server and the prober leave
+/// checking of gigabytes only uses CPU that the server and the prober leave
 /// idle (a waking normal thread always preempts an idle-class one; nice 19
 /// does not give that: under EEVDF a nice-19 thread still runs out its
 /// slice, which put milliseconds into the warm requests' latency).

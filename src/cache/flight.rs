@@ -164,11 +164,13 @@ impl Publisher {
         &self.relay
     }
 
+    /// Publishes `state` and tells the followers.
     pub(super) fn replace(&self, state: Progress) {
         self.progress.send_replace(state);
         self.relay.announce();
     }
 
+    /// Publishes a change of the state and tells the followers.
     pub(super) fn modify(&self, change: impl FnOnce(&mut Progress)) {
         self.progress.send_modify(change);
         self.relay.announce();
