@@ -229,9 +229,8 @@ fn clients_runtime() -> Result<tokio::runtime::Runtime, String> {
 /// The clients stand in for nodes on other machines: on this shared
 /// machine their threads run under `SCHED_IDLE`, so their receiving and
 /// checking of gigabytes only uses CPU that the server and the prober leave
-/// idle (a waking normal thread always preempts an idle-class one; nice 19
-/// does not give that: under EEVDF a nice-19 thread still runs out its
-/// slice, which put milliseconds into the warm requests' latency).
+/// idle (a waking normal thread preempts an idle-class one at once, where a
+/// nice-19 thread may first run out its slice).
 fn lowest_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: only changes the calling thread's scheduling class (`pid` 0
