@@ -237,6 +237,9 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Bytes of log lines written to stdout at once.
+const LOG_BUFFER: usize = 64 * 1024;
+
 /// The most threads tokio may start for blocking work.
 const BLOCKING_THREADS: usize = 32;
 
@@ -269,12 +272,17 @@ async fn shutdown_signal() {
 }
 
 /// Logs go to stdout through a background writer, so a slow terminal or
-/// pipe never holds up a request. `PULLTHROUGH_LOG` (or `RUST_LOG`) filters.
+/// pipe never holds up a request. The writer buffers: under load it takes
+/// every line waiting and writes them with one system call (not one per
+/// request's line), and it writes whatever it has before it waits for the
+/// next line, so no line is held back. `PULLTHROUGH_LOG` (or `RUST_LOG`)
+/// filters.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_env("PULLTHROUGH_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let stdout = std::io::BufWriter::with_capacity(LOG_BUFFER, std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking(stdout);
     // Colour only for a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
