@@ -46,6 +46,12 @@ impl Registry {
         want_body: bool,
     ) -> Result<BlobReply, RegistryError> {
         let key = ObjectKey::blob(digest.clone());
+        // A download under way is joined before any tier is asked: they
+        // cannot have the blob yet, and in a rollout thousands of clients
+        // would each queue a disk lookup (and an S3 request) for nothing.
+        if want_body && let Some(flight) = self.inner.blob_flights.get(&key) {
+            return follow(flight, true, digest).await;
+        }
         if let Some((object, tier)) = self.cached(&key).await {
             let body = if want_body {
                 BlobBody::Cached(object.content)
@@ -98,18 +104,24 @@ impl Registry {
             self.inner
                 .blob_flights
                 .join_or_start(key, self.inner.cache.clone(), source);
-        let (size, origin) = flight.ready().await.map_err(|e| flight_error(e, digest))?;
-        let outcome = match origin {
-            Origin::Shared => Outcome::Hit("s3"),
-            Origin::Cached(tier) => Outcome::Hit(tier),
-            Origin::Upstream => Outcome::fetched(joined),
-        };
-        Ok(BlobReply {
-            size,
-            body: BlobBody::Download(flight),
-            outcome,
-        })
+        follow(flight, joined, digest).await
     }
+}
+
+/// The answer that streams `flight` (`joined` when another client's
+/// request started it) once its bytes start to arrive.
+async fn follow(flight: Flight, joined: bool, digest: &Digest) -> Result<BlobReply, RegistryError> {
+    let (size, origin) = flight.ready().await.map_err(|e| flight_error(e, digest))?;
+    let outcome = match origin {
+        Origin::Shared => Outcome::Hit("s3"),
+        Origin::Cached(tier) => Outcome::Hit(tier),
+        Origin::Upstream => Outcome::fetched(joined),
+    };
+    Ok(BlobReply {
+        size,
+        body: BlobBody::Download(flight),
+        outcome,
+    })
 }
 
 /// The fetch a blob flight runs: from the shared tier when it has the
