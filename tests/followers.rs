@@ -1,7 +1,8 @@
 //! A rollout in miniature: hundreds of clients join one cold download while
 //! pullthrough runs on a runtime with a tiny blocking pool. Clients that
 //! wait on a download must hold no thread, so every one of them streams at
-//! once, and a warm blob is still served from disk meanwhile.
+//! once, and a warm blob is still served from disk meanwhile; a client that
+//! joins late needs no file work at all.
 //!
 //! This file holds one test on its own runtime, so nothing else shares the
 //! pool it starves on purpose.
@@ -108,10 +109,47 @@ async fn rollout() {
         "served during the download"
     );
 
+    // A late client joins the download without any file work: with every
+    // blocking thread held, it still gets its answer at once.
+    let release = hold_blocking_threads().await;
+    let late = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get(blob_url(&cold_digest)).send(),
+    )
+    .await
+    .expect("a client joining a download waits for no file work")
+    .unwrap();
+    assert_eq!(late.status(), 200);
+    drop(release);
+    let late = late.bytes().await.unwrap();
+    assert_eq!(sha256_digest(&late), cold_digest);
+
     for follower in followers {
         assert_eq!(follower.await.unwrap(), cold_digest);
     }
     assert_eq!(sim.counters().cdn_gets, 1, "one upstream download for all");
     assert_eq!(proxy.outcomes("hit-disk"), 1);
     proxy.stop().await;
+}
+
+/// Takes every blocking thread of the runtime with a job of the file pool
+/// that waits until the returned sender is dropped; returns once they all
+/// run, so no other blocking work can start meanwhile.
+async fn hold_blocking_threads() -> std::sync::mpsc::Sender<()> {
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Arc::new(std::sync::Mutex::new(wait));
+    let running = Arc::new(AtomicUsize::new(0));
+    for _ in 0..pullthrough::cache::blocking::FILE_WORKERS {
+        let (wait, running) = (wait.clone(), running.clone());
+        tokio::spawn(pullthrough::cache::blocking::run(move || {
+            running.fetch_add(1, Ordering::SeqCst);
+            // One job waits on the channel, the others on the lock: all
+            // stay blocked until the sender goes.
+            let _ = wait.lock().unwrap().recv();
+        }));
+    }
+    while running.load(Ordering::SeqCst) < BLOCKING_THREADS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release
 }
