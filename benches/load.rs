@@ -329,7 +329,16 @@ fn measure(tools: &Tools, sim: &HubSim, scenario: &Scenario, server: &Server) ->
     let _ = wrk::run(&tools.wrk, &url, &warm_up, &output);
     settle(sim);
     let seen = sim.requests().len();
+    let cpu = || server.pid().and_then(procstat::cpu_ticks);
+    let before = cpu();
     let run = wrk::run(&tools.wrk, &url, &scenario.load, &output);
+    let cpu_us_per_request = match (before, cpu(), &run) {
+        (Some(before), Some(after), Ok(run)) if run.requests > 0 => {
+            let tick_us = 1e6 / procstat::ticks_per_second();
+            Some((after - before) as f64 * tick_us / run.requests as f64)
+        }
+        _ => None,
+    };
     settle(sim);
     let upstream: Vec<String> = sim.requests().into_iter().skip(seen).collect();
     match &run {
@@ -342,7 +351,11 @@ fn measure(tools: &Tools, sim: &HubSim, scenario: &Scenario, server: &Server) ->
         ),
         Err(e) => println!("  {:<16} {:<13} failed: {e}", scenario.label, server.name),
     }
-    Measured { run, upstream }
+    Measured {
+        run,
+        cpu_us_per_request,
+        upstream,
+    }
 }
 
 /// Waits (up to 5 s) until the simulator has seen no request for 250 ms.

@@ -39,6 +39,39 @@ fn parse(text: &str) -> Option<Status> {
     })
 }
 
+/// CPU time (user and system, in clock ticks) that `pid` and its direct
+/// children (nginx's workers) have used so far.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis, from the state
+        // (field 3): the parent is field 4, utime 14 and stime 15.
+        let Some((head, rest)) = text.rsplit_once(')') else {
+            continue;
+        };
+        let own = head.split_whitespace().next().and_then(|p| p.parse().ok());
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let parent = fields.get(1).and_then(|p| p.parse().ok());
+        if own == Some(pid) || parent == Some(pid) {
+            let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            total += tick(11)? + tick(12)?;
+        }
+    }
+    Some(total)
+}
+
+/// Clock ticks per second, the unit of [`cpu_ticks`].
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    }
+}
+
 /// The highest values a [`Sampler`] saw, each on its own.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Peak {

@@ -6,6 +6,10 @@ use super::wrk::WrkRun;
 /// One server's result for one endpoint.
 pub struct Measured {
     pub run: Result<WrkRun, String>,
+    /// CPU time the server used per answered request, in microseconds
+    /// (less sensitive than requests per second to what else the shared
+    /// machine runs), when it could be read.
+    pub cpu_us_per_request: Option<f64>,
     /// Requests the simulator saw during the run, as `"<listener> METHOD
     /// path"` (none for a truly warm cache).
     pub upstream: Vec<String>,
@@ -96,6 +100,29 @@ pub fn print(rows: &[Row]) {
             row.label,
             row.target,
             show_ratio(ratio)
+        );
+    }
+
+    println!();
+    println!("server CPU per request (user + system; lower is better):");
+    for row in rows {
+        let us = |m: Option<&Measured>| {
+            m.and_then(|m| m.cpu_us_per_request)
+                .map_or(format!("{:>13}", "-"), |us| format!("{us:>10.1} us"))
+        };
+        let ratio = match (
+            row.pullthrough.cpu_us_per_request,
+            row.nginx.cpu_us_per_request,
+        ) {
+            (Some(p), Some(n)) if p > 0.0 => show_ratio(Some(n / p)),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "  {:<18} {} {} {}   nginx/pt {ratio}",
+            row.label,
+            us(Some(&row.pullthrough)),
+            us(Some(&row.nginx)),
+            us(row.distribution.as_ref()),
         );
     }
 
