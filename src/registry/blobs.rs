@@ -48,7 +48,7 @@ impl Registry {
         let key = ObjectKey::blob(digest.clone());
         // A download under way is joined before any tier is asked: they
         // cannot have the blob yet, and in a rollout thousands of clients
-        // would each queue a disk lookup (and an S3 request) for nothing.
+        // would each queue a disk lookup on the file pool for nothing.
         if want_body && let Some(flight) = self.inner.blob_flights.get(&key) {
             return follow(flight, true, digest).await;
         }
