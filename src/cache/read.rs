@@ -7,8 +7,9 @@
 //! far as the download allows: no thread, no buffer and no system call per
 //! client, so a thousand clients waiting on one download cost about what
 //! their connections cost. Clients that have caught up wait in the
-//! download's line and are woken one after another (see `relay.rs`). (A download the disk could not hold is sliced
-//! from memory the same way, see `view.rs`.)
+//! download's line and are woken one after another (see `relay.rs`). (A
+//! download the disk could not hold is sliced from memory the same way,
+//! see `view.rs`.)
 
 use std::fs::File;
 use std::io;

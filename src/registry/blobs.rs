@@ -46,13 +46,21 @@ impl Registry {
         want_body: bool,
     ) -> Result<BlobReply, RegistryError> {
         let key = ObjectKey::blob(digest.clone());
-        // A download under way is joined before any tier is asked: they
-        // cannot have the blob yet, and in a rollout thousands of clients
-        // would each queue a disk lookup on the file pool for nothing.
-        if want_body && let Some(flight) = self.inner.blob_flights.get(&key) {
+        let in_memory = self.inner.cache.memory().get(&key);
+        // A download under way is joined before the other tiers are asked:
+        // they cannot have the blob yet, and in a rollout thousands of
+        // clients would each queue a disk lookup on the file pool for nothing.
+        if in_memory.is_none()
+            && want_body
+            && let Some(flight) = self.inner.blob_flights.get(&key)
+        {
             return follow(flight, true, digest).await;
         }
-        if let Some((object, tier)) = self.cached(&key).await {
+        let cached = match in_memory {
+            Some(object) => Some((object, "memory")),
+            None => self.cached(&key).await,
+        };
+        if let Some((object, tier)) = cached {
             let body = if want_body {
                 BlobBody::Cached(object.content)
             } else {
