@@ -8,7 +8,7 @@
 //! - [`cache`]: content-addressed tiers (memory, disk) behind one trait,
 //!   and single-flight downloads.
 //! - [`upstream`]: the configured registries, their auth and rate limits.
-//! - [`config`], [`metrics`], [`clock`], [`digest`], [`reference`], [`singleflight`]:
+//! - [`config`], [`metrics`], [`clock`], [`digest`], [`reference`](mod@reference), [`singleflight`]:
 //!   the shared pieces.
 //! - [`status`]: the operator's view (status page, `pullthrough status`).
 //! - [`cli`]: the operator commands `status`, `warm` and `doctor`.

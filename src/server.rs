@@ -1,7 +1,7 @@
 //! Start-up and serving: binds the listener and answers health checks on
 //! it while the state is built from a [`Config`], then serves the API until
 //! shutdown, drains, and clears unfinished downloads. How connections are
-//! accepted and bounded is [`listen`](crate::listen)'s.
+//! accepted and bounded is [`listen`]'s.
 
 use std::future::Future;
 use std::time::Duration;
@@ -151,7 +151,7 @@ pub fn clear_unfinished_downloads(config: &Config) -> Result<usize, CacheError> 
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` as `listening` says until `shutdown`
-/// completes, then lets requests in flight finish for up to [`DRAIN`].
+/// completes, then lets requests in flight finish for up to `DRAIN`.
 pub async fn run(
     listener: TcpListener,
     state: AppState,

@@ -2,13 +2,13 @@
 //! `/metrics`, `/healthz`, `/readyz`, the operators' `/_pullthrough/pin`
 //! and the status page at `/ui` (see [`crate::status`]).
 //!
-//! When client authentication is configured, [`auth`] admits or refuses
+//! When client authentication is configured, `auth` admits or refuses
 //! every request before its handler runs.
 //!
 //! Handlers only extract, delegate to the [`Registry`] and shape the
-//! response. Every response passes through [`access::record`], which writes
+//! response. Every response passes through `access::record`, which writes
 //! the one log line and the metrics of the request from the
-//! [`Outcome`](crate::registry::Outcome) the handler attached.
+//! [`Outcome`] the handler attached.
 
 mod access;
 mod admin;

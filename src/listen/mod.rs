@@ -5,10 +5,10 @@
 //!   backlog until a connection closes;
 //! - a head (or TLS handshake) must be complete within the header timeout,
 //!   however slowly its bytes trickle in, and a connection with nothing in
-//!   flight closes after the idle timeout (see [`activity`]);
+//!   flight closes after the idle timeout (see `activity`);
 //! - heads are bounded in size, HTTP/2 connections in streams;
 //! - at most `max_requests_per_ip` requests in flight per peer address;
-//!   more are answered 429 at once (see [`per_ip`]).
+//!   more are answered 429 at once (see `per_ip`).
 //!
 //! The router sees each request's peer address as
 //! `ConnectInfo<SocketAddr>`, as with `axum::serve`. Open connections,

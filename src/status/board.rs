@@ -135,7 +135,7 @@ impl Board {
         state.last = Some(totals);
     }
 
-    /// Samples every [`SAMPLE_EVERY`] for as long as the process runs.
+    /// Samples every `SAMPLE_EVERY` for as long as the process runs.
     pub fn spawn_sampler(&self, metrics: Metrics) {
         let board = self.clone();
         tokio::spawn(async move {

@@ -2,7 +2,7 @@
 //! first, between a high and a low watermark (see [`Bounds`]).
 //!
 //! How it decides:
-//! - **Accounting** is in memory ([`index`]): each object's size and last
+//! - **Accounting** is in memory (`index`): each object's size and last
 //!   access, updated on every store, hit and eviction. It is rebuilt at
 //!   start-up by a background thread that walks the files, while the
 //!   listener already serves; nothing is evicted before the walk ends.
@@ -12,7 +12,7 @@
 //! - **Never evicted:** a file someone is reading (the tier shares one
 //!   open file per object, and a hit holds it until its last byte is
 //!   sent; temporary files of downloads are not in the index at all), a
-//!   pinned digest ([`pins`]), and a *held* digest: serving a manifest
+//!   pinned digest (`pins`), and a *held* digest: serving a manifest
 //!   holds it and everything it references for a while (at least its
 //!   tag's TTL when served by tag), so the blobs of an image being pulled
 //!   stay until the pull is done.
