@@ -566,6 +566,17 @@ pub fn parse_upstream_flag(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Asserts, for each `(toml, field)`, that the configuration `head` plus
+/// `toml` parses but fails validation with an error that names `field`.
+#[cfg(test)]
+fn refused_naming_fields(head: &str, cases: &[(&str, &str)]) {
+    for (toml, field) in cases {
+        let c = Config::from_toml(&format!("{head}{toml}")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with(field), "{toml}: {err}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,15 +708,14 @@ mod tests {
             (c.s3.read_part_size, c.s3.read_concurrency),
             (ByteSize::mib(16), 1)
         );
-        for (toml, field) in [
-            ("read_part_size = \"1KiB\"", "s3.read_part_size"),
-            ("read_concurrency = 0", "s3.read_concurrency"),
-            ("read_concurrency = 65", "s3.read_concurrency"),
-        ] {
-            let c = Config::from_toml(&format!("[s3]\nbucket = \"cache\"\n{toml}")).unwrap();
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.starts_with(field), "{toml}: {err}");
-        }
+        refused_naming_fields(
+            "[s3]\nbucket = \"cache\"\n",
+            &[
+                ("read_part_size = \"1KiB\"", "s3.read_part_size"),
+                ("read_concurrency = 0", "s3.read_concurrency"),
+                ("read_concurrency = 65", "s3.read_concurrency"),
+            ],
+        );
     }
 
     #[test]
@@ -714,19 +724,18 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.resilience.circuit_cooldown, Duration::from_secs(2));
         assert_eq!(c.resilience.attempts, 3, "defaults for what is left out");
-        for (toml, field) in [
-            ("attempts = 0", "resilience.attempts"),
-            (
-                "max_concurrent_fetches = 0",
-                "resilience.max_concurrent_fetches",
-            ),
-            ("backoff_base = \"5s\"", "resilience.backoff_base"),
-            ("circuit_cooldown = \"0s\"", "resilience.circuit_cooldown"),
-        ] {
-            let c = Config::from_toml(&format!("[resilience]\n{toml}")).unwrap();
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.starts_with(field), "{toml}: {err}");
-        }
+        refused_naming_fields(
+            "[resilience]\n",
+            &[
+                ("attempts = 0", "resilience.attempts"),
+                (
+                    "max_concurrent_fetches = 0",
+                    "resilience.max_concurrent_fetches",
+                ),
+                ("backoff_base = \"5s\"", "resilience.backoff_base"),
+                ("circuit_cooldown = \"0s\"", "resilience.circuit_cooldown"),
+            ],
+        );
     }
 
     #[test]
