@@ -21,11 +21,13 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod budget;
+mod cluster;
 mod listen;
 mod resilience;
 
 pub use auth::{AuthConfig, ReadRule, repository_glob};
 pub use budget::BudgetConfig;
+pub use cluster::ClusterConfig;
 pub use listen::{ListenLimits, TlsConfig};
 pub use resilience::ResilienceConfig;
 
@@ -80,6 +82,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Client authentication; off unless configured.
     pub auth: AuthConfig,
+    /// The other replicas, which share every fetch; off unless configured.
+    pub cluster: ClusterConfig,
 }
 
 /// The in-memory tier, for manifests and small blobs.
@@ -266,6 +270,7 @@ impl Default for Config {
             listen_limits: ListenLimits::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -327,6 +332,8 @@ pub struct Overrides {
     pub s3_region: Option<String>,
     pub s3_read_part_size: Option<ByteSize>,
     pub s3_read_concurrency: Option<usize>,
+    pub peers: Vec<String>,
+    pub advertise: Option<String>,
 }
 
 /// Why the configuration cannot be used; always names the field.
@@ -435,6 +442,12 @@ impl Config {
         if let Some(v) = o.s3_read_concurrency {
             self.s3.read_concurrency = v;
         }
+        if !o.peers.is_empty() {
+            self.cluster.peers = o.peers;
+        }
+        if o.advertise.is_some() {
+            self.cluster.advertise = o.advertise;
+        }
         for (name, url) in o.upstreams {
             let entry = self
                 .upstreams
@@ -449,6 +462,10 @@ impl Config {
     /// `<NAME>` is the upstream's name in upper case with every other
     /// character turned into `_` (`docker.io` → `DOCKER_IO`).
     fn apply_credentials_from_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(secret) = env("PULLTHROUGH_CLUSTER_SECRET") {
+            self.cluster.secret = Some(Secret(secret));
+            self.cluster.secret_file = None;
+        }
         for (name, upstream) in &mut self.upstreams {
             let prefix = format!("PULLTHROUGH_UPSTREAM_{}", env_key(name));
             if let Some(user) = env(&format!("{prefix}_USERNAME")) {
@@ -487,6 +504,7 @@ impl Config {
         self.tls.validate()?;
         self.auth
             .validate(|name| self.upstreams.contains_key(name))?;
+        self.cluster.validate()?;
         if self.s3.enabled() {
             if !(3..=63).contains(&self.s3.bucket.len()) {
                 return Err(invalid("s3.bucket", "must be 3 to 63 characters"));

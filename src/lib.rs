@@ -8,6 +8,8 @@
 //! - [`cache`]: content-addressed tiers (memory, disk) behind one trait,
 //!   and single-flight downloads.
 //! - [`upstream`]: the configured registries, their auth and rate limits.
+//! - [`cluster`]: the other replicas; each key's owner fetches it for the
+//!   fleet, and the others ask the owner.
 //! - [`config`], [`metrics`], [`clock`], [`digest`], [`reference`](mod@reference), [`singleflight`]:
 //!   the shared pieces.
 //! - [`status`]: the operator's view (status page, `pullthrough status`).
@@ -22,6 +24,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod listen;

@@ -134,6 +134,13 @@ struct ServeArgs {
     /// Ranged GETs in flight per blob read from S3 [default: 8].
     #[arg(long, env = "PULLTHROUGH_S3_READ_CONCURRENCY")]
     s3_read_concurrency: Option<usize>,
+    /// The replicas of this mirror, this one included: URLs, or one
+    /// dns:NAME:PORT (comma-separated in the variable) [default: none].
+    #[arg(long, env = "PULLTHROUGH_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// This replica's URL as its peers reach it [default: from POD_IP or ECS metadata].
+    #[arg(long, env = "PULLTHROUGH_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 impl ServeArgs {
@@ -155,6 +162,8 @@ impl ServeArgs {
             s3_region: self.s3_region,
             s3_read_part_size: self.s3_read_part_size,
             s3_read_concurrency: self.s3_read_concurrency,
+            peers: self.peers,
+            advertise: self.advertise,
         };
         Config::load(self.config.as_deref(), overrides, |k| std::env::var(k).ok())
     }

@@ -5,10 +5,12 @@
 //! upstream client; connection metrics by the listener. Nothing else
 //! records, so every figure has one source.
 
+mod cluster;
 mod listener;
 
 use std::sync::Arc;
 
+pub use cluster::ClusterCollectors;
 pub use listener::ListenerCollectors;
 
 use prometheus::{
@@ -66,6 +68,8 @@ pub struct Collectors {
     pub traffic: TrafficCollectors,
     /// Client connections and the listener's refusals.
     pub listener: ListenerCollectors,
+    /// Requests between replicas and the members seen.
+    pub cluster: ClusterCollectors,
 }
 
 /// Bytes served, upstream latency and the downloads in flight.
@@ -107,7 +111,7 @@ impl TrafficCollectors {
             served_bytes: counter(
                 registry,
                 "pullthrough_served_bytes_total",
-                "Body bytes of successful manifest and blob GETs (from Content-Length), by the tier that answered: memory, disk, s3, upstream, or cache (a cached manifest after revalidation, stale or reserve).",
+                "Body bytes of successful manifest and blob GETs (from Content-Length), by the tier that answered: memory, disk, s3, peer (the replica that owns the key), upstream, or cache (a cached manifest after revalidation, stale or reserve).",
                 &["tier"],
             ),
             upstream_seconds,
@@ -283,7 +287,7 @@ impl Metrics {
         let pulls_avoided = counter(
             &registry,
             "pullthrough_pulls_avoided_total",
-            "Client manifest GETs answered without a counted upstream pull, by reason: cached, revalidated (a free HEAD), coalesced, reserve, stale.",
+            "Client manifest GETs answered without a counted upstream pull, by reason: cached, revalidated (a free HEAD), coalesced, reserve, stale, peer (answered by the replica that owns it, which counts its own pull if it made one).",
             &["upstream", "reason"],
         );
         let fair_share_refusals = counter(
@@ -347,6 +351,7 @@ impl Metrics {
         let cache = CacheCollectors::register(&registry);
         let traffic = TrafficCollectors::register(&registry);
         let listener = ListenerCollectors::register(&registry);
+        let cluster = ClusterCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
             requests,
@@ -371,6 +376,7 @@ impl Metrics {
             egress_refused,
             traffic,
             listener,
+            cluster,
         }))
     }
 

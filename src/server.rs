@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::cache::evict::Bounds;
 use crate::cache::{CacheError, DiskTier, MemoryTier, S3StartError, S3Tier, TieredCache};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -33,6 +34,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -59,7 +62,11 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     cache.spawn_catch_up();
     let upstreams = Upstreams::from_config(config, &metrics)?;
     upstreams.spawn_budget_probes(config.budget.probe_interval);
-    let registry = Registry::new(upstreams, cache, config, metrics.clone())?;
+    let cluster = Cluster::from_config(config, &metrics)?;
+    if let Some(cluster) = &cluster {
+        cluster.spawn();
+    }
+    let registry = Registry::new(upstreams, cache, cluster, config, metrics.clone())?;
     registry.spawn_budget_sharing(config.budget.share_interval);
     registry.limit_tag_records(config.disk.max_tag_records);
     let board = crate::status::Board::new();

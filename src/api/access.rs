@@ -108,6 +108,7 @@ fn served_from(outcome: &str) -> Option<&'static str> {
         "hit-memory" => "memory",
         "hit-disk" => "disk",
         "hit-s3" | "hit-shared" => "s3",
+        "peer" => "peer",
         "miss" | "coalesced" | "relayed" => "upstream",
         "revalidated" | "stale" | "reserve" => "cache",
         _ => return None,

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::range::{self, ByteRange};
 use super::{ApiError, AppState, resolve};
 use crate::digest::Digest;
-use crate::registry::{BlobBody, BlobReply};
+use crate::registry::{BlobBody, BlobReply, Caller};
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`.
 pub async fn serve(
@@ -18,6 +18,7 @@ pub async fn serve(
     digest: &str,
     headers: &HeaderMap,
     head: bool,
+    caller: &Caller,
 ) -> Result<Response, ApiError> {
     let (upstream, repo) = resolve(state, query, name)?;
     let digest: Digest = digest
@@ -25,7 +26,7 @@ pub async fn serve(
         .map_err(|e| ApiError::blob_reference(crate::reference::ReferenceError::from(e)))?;
     let reply = state
         .registry
-        .blob(&upstream, &repo, &digest, !head)
+        .blob(&upstream, &repo, &digest, !head, caller)
         .await?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     Ok(blob_response(reply, &digest, range_header))

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::access::ServedImage;
 use super::{ApiError, AppState, query_param, resolve};
 use crate::reference::Reference;
-use crate::registry::{AcceptSet, ClientId, ManifestReply, Outcome};
+use crate::registry::{AcceptSet, Caller, ManifestReply, Outcome};
 
 /// `GET|HEAD /v2/<name>/manifests/<reference>`.
 pub async fn serve(
@@ -17,7 +17,7 @@ pub async fn serve(
     reference: &str,
     headers: &HeaderMap,
     head: bool,
-    client: &ClientId,
+    caller: &Caller,
 ) -> Result<Response, ApiError> {
     let (upstream, repo) = resolve(state, query, name)?;
     let image = crate::status::image_name(upstream.name(), repo.as_str(), reference);
@@ -25,7 +25,7 @@ pub async fn serve(
     let accept = AcceptSet::from_headers(headers);
     let reply = state
         .registry
-        .manifest(&upstream, &repo, &reference, &accept, !head, client)
+        .manifest(&upstream, &repo, &reference, &accept, !head, caller)
         .await?;
     let mut response = manifest_response(reply);
     response.extensions_mut().insert(ServedImage(image));
@@ -35,6 +35,7 @@ pub async fn serve(
 /// The exact bytes with the headers clients check, on GET and HEAD alike.
 fn manifest_response(reply: ManifestReply) -> Response {
     let digest = reply.digest.as_str();
+    let checked = reply.tag_checked_at_ms.map(super::peer::TagCheckedAt);
     let mut response = Response::new(reply.body.map_or_else(Body::empty, Body::from));
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&reply.media_type) {
@@ -48,6 +49,9 @@ fn manifest_response(reply: ManifestReply) -> Response {
         headers.insert(header::ETAG, v);
     }
     response.extensions_mut().insert(reply.outcome);
+    if let Some(checked) = checked {
+        response.extensions_mut().insert(checked);
+    }
     response
 }
 

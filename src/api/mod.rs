@@ -18,6 +18,7 @@ mod client;
 mod error;
 mod health;
 mod manifests;
+mod peer;
 pub(crate) mod range;
 mod referrers;
 mod status;
@@ -36,7 +37,7 @@ pub use range::ByteRange;
 
 use crate::metrics::Metrics;
 use crate::reference::{RepoName, V2Path};
-use crate::registry::{ClientId, Outcome, Registry};
+use crate::registry::{Caller, Outcome, Registry};
 
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(status::root))
         .route("/ui", get(status::page))
         .route("/ui/status.json", get(status::json))
+        .route("/_pullthrough/peer/{*rest}", any(peer::serve))
         .route(
             "/_pullthrough/pin",
             get(admin::pins).post(admin::pin).delete(admin::pin),
@@ -110,29 +112,41 @@ async fn dispatch(
     method: Method,
     Path(rest): Path<String>,
     RawQuery(query): RawQuery,
-    client: ClientId,
+    caller: Caller,
     headers: HeaderMap,
+) -> Response {
+    serve_v2(&state, &method, &rest, query.as_deref(), &caller, &headers).await
+}
+
+/// Answers `/v2/<rest>` for `caller`: a client's request, or (through the
+/// peer path) another replica's.
+async fn serve_v2(
+    state: &AppState,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    caller: &Caller,
+    headers: &HeaderMap,
 ) -> Response {
     let reads = method == Method::GET || method == Method::HEAD;
     let head = method == Method::HEAD;
-    let query = query.as_deref();
-    match V2Path::parse(&rest) {
-        V2Path::Base => tag(EndpointKind::Base, base(&method)),
+    match V2Path::parse(rest) {
+        V2Path::Base => tag(EndpointKind::Base, base(method)),
         V2Path::Manifest { name, reference } if reads => tag(
             EndpointKind::Manifest,
-            manifests::serve(&state, query, name, reference, &headers, head, &client).await,
+            manifests::serve(state, query, name, reference, headers, head, caller).await,
         ),
         V2Path::Blob { name, digest } if reads => tag(
             EndpointKind::Blob,
-            blobs::serve(&state, query, name, digest, &headers, head).await,
+            blobs::serve(state, query, name, digest, headers, head, caller).await,
         ),
         V2Path::TagsList { name } if reads => tag(
             EndpointKind::TagsList,
-            manifests::tags_list(&state, query, name).await,
+            manifests::tags_list(state, query, name).await,
         ),
         V2Path::Referrers { name, digest } if reads => tag(
             EndpointKind::Referrers,
-            referrers::serve(&state, query, name, digest, head, &client).await,
+            referrers::serve(state, query, name, digest, head, &caller.client).await,
         ),
         V2Path::Manifest { .. }
         | V2Path::Blob { .. }

@@ -53,9 +53,9 @@ pub struct Source {
     /// The final size, when the source announced it.
     pub size: Option<u64>,
     pub body: Box<dyn Stream<Item = Result<Bytes, SourceError>> + Send + Unpin>,
-    /// True when the bytes come from the shared tier, which then needs no
-    /// copy of its own.
-    pub shared: bool,
+    /// Where the bytes come from: from the shared tier or from the key's
+    /// owner, the bucket needs no copy of this replica's.
+    pub origin: Origin,
 }
 
 /// Why a download did not produce a cached object.
@@ -78,6 +78,9 @@ pub enum Origin {
     Upstream,
     /// Streamed from the shared tier, which another replica filled.
     Shared,
+    /// Streamed from the replica that owns the key (see `cluster`), which
+    /// fetched it or is fetching it for the fleet.
+    Peer,
     /// Already in this tier: found by the hand-off re-check.
     Cached(&'static str),
 }
@@ -308,8 +311,8 @@ async fn download<S>(
                 return;
             };
             let stored = match origin {
-                Origin::Shared => cache.store_local(&verified).await,
-                _ => cache.store(&verified).await,
+                Origin::Shared | Origin::Peer => cache.store_local(&verified).await,
+                Origin::Upstream | Origin::Cached(_) => cache.store(&verified).await,
             };
             if let Err(e) = stored {
                 if let CacheError::Io { tier, source, .. } = &e {
@@ -382,10 +385,7 @@ where
     S: Future<Output = Result<Source, SourceError>>,
 {
     let source = source.await.map_err(FlightError::Source)?;
-    let origin = match source.shared {
-        true => Origin::Shared,
-        false => Origin::Upstream,
-    };
+    let origin = source.origin;
     let temp = cache.disk().create_temp(source.size).await;
     let mut writer = Writer::new(temp, source.size, &key.digest, metrics);
     let view = match (writer.file(), writer.tail(), source.size) {

@@ -1,12 +1,16 @@
 //! Blobs: immutable by digest, served from the cache with no upstream
-//! contact, or streamed from one shared download on a miss.
+//! contact, or streamed from one shared download on a miss: from the
+//! shared tier, else from the blob's owner in the fleet, else upstream.
 
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 
-use super::{Outcome, Registry, RegistryError};
+use super::{Caller, Outcome, Registry, RegistryError};
 use crate::cache::{Content, Flight, FlightError, ObjectKey, Origin, S3Tier, Source, SourceError};
+use crate::cluster::{Cluster, OwnerKey, Peer, PeerBlob, PeerError};
 use crate::digest::Digest;
 use crate::reference::RepoName;
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
@@ -44,6 +48,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         want_body: bool,
+        caller: &Caller,
     ) -> Result<BlobReply, RegistryError> {
         let key = ObjectKey::blob(digest.clone());
         let in_memory = self.inner.cache.memory().get(&key);
@@ -104,6 +109,7 @@ impl Registry {
         self.handoff(&key).await;
         let source = download(
             self.inner.cache.shared().cloned(),
+            self.owner(OwnerKey::Blob(digest), caller),
             upstream.clone(),
             repo.clone(),
             key.clone(),
@@ -122,6 +128,7 @@ async fn follow(flight: Flight, joined: bool, digest: &Digest) -> Result<BlobRep
     let (size, origin) = flight.ready().await.map_err(|e| flight_error(e, digest))?;
     let outcome = match origin {
         Origin::Shared => Outcome::Hit("s3"),
+        Origin::Peer => Outcome::Peer,
         Origin::Cached(tier) => Outcome::Hit(tier),
         Origin::Upstream => Outcome::fetched(joined),
     };
@@ -133,9 +140,11 @@ async fn follow(flight: Flight, joined: bool, digest: &Digest) -> Result<BlobRep
 }
 
 /// The fetch a blob flight runs: from the shared tier when it has the
-/// blob (another replica fetched it), else from upstream.
+/// blob (another replica fetched it), else from its owner in the fleet
+/// when that is another replica and it answers, else from upstream.
 async fn download(
     shared: Option<Arc<S3Tier>>,
+    owner: Option<(Cluster, Peer)>,
     upstream: Arc<Upstream>,
     repo: RepoName,
     key: ObjectKey,
@@ -145,6 +154,17 @@ async fn download(
     {
         return Ok(source);
     }
+    if let Some((cluster, peer)) = owner {
+        let asked = cluster.blob(&peer, upstream.name(), repo.as_str(), &key.digest);
+        match asked.await {
+            Ok(blob) => return Ok(from_owner(blob, upstream, repo, key.digest)),
+            Err(e @ PeerError::Answered { .. }) => {
+                return Err(Arc::new(super::peer_answer(&upstream, e)) as SourceError);
+            }
+            // Counted by the cluster; fetched here as without peers.
+            Err(PeerError::Unavailable { .. }) => {}
+        }
+    }
     let blob = upstream
         .get_blob(&repo, &key.digest)
         .await
@@ -153,10 +173,85 @@ async fn download(
     Ok(Source {
         size: blob.size,
         body: Box::new(body),
-        shared: false,
+        origin: Origin::Upstream,
     })
 }
 
+/// A blob streaming from its owner. When the owner breaks off mid-stream
+/// (killed, or its own download failed), the rest is asked of upstream
+/// with `Range` from the byte reached, and the flight, which hashes the
+/// whole, sees one stream: correct bytes or a failed download, never a
+/// mix that is served as good.
+fn from_owner(blob: PeerBlob, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Source {
+    let splice = Splice {
+        feed: Feed::Owner(blob.body),
+        received: 0,
+        size: blob.size,
+        upstream,
+        repo,
+        digest,
+    };
+    let body = futures_util::stream::unfold(splice, |mut splice| async move {
+        let item = splice.next().await?;
+        Some((item, splice))
+    });
+    Source {
+        size: blob.size,
+        body: Box::new(Box::pin(body)),
+        origin: Origin::Peer,
+    }
+}
+
+/// Where the rest of a blob from its owner comes from.
+enum Feed {
+    Owner(BoxStream<'static, Result<Bytes, PeerError>>),
+    Upstream(Box<dyn futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send + Unpin>),
+    Failed,
+}
+
+struct Splice {
+    feed: Feed,
+    received: u64,
+    size: Option<u64>,
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+}
+
+impl Splice {
+    async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
+        loop {
+            let broken = match &mut self.feed {
+                Feed::Owner(body) => match body.next().await? {
+                    Ok(bytes) => {
+                        self.received += bytes.len() as u64;
+                        return Some(Ok(bytes));
+                    }
+                    Err(e) => e,
+                },
+                Feed::Upstream(body) => {
+                    let item = body.next().await?;
+                    return Some(item.map_err(|e| Arc::new(e) as SourceError));
+                }
+                Feed::Failed => return None,
+            };
+            self.feed = Feed::Failed;
+            let offset = self.received;
+            let Some(size) = self.size.filter(|size| offset < *size) else {
+                return Some(Err(Arc::new(broken)));
+            };
+            tracing::warn!(digest = %self.digest, offset, size, error = %broken,
+                "the blob's owner broke off; asking upstream for the rest");
+            let rest = self
+                .upstream
+                .get_blob_from(&self.repo, &self.digest, offset, size);
+            match rest.await {
+                Ok(rest) => self.feed = Feed::Upstream(rest.body),
+                Err(e) => return Some(Err(Arc::new(e))),
+            }
+        }
+    }
+}
 fn flight_error(error: FlightError, digest: &Digest) -> RegistryError {
     match error {
         FlightError::Source(source) => match source.downcast_ref::<UpstreamError>() {

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use http::{Method, StatusCode, Uri};
 use tokio::sync::oneshot;
 
-use super::{BlobBody, ClientId, Registry};
+use super::{BlobBody, Caller, ClientId, Registry};
 use crate::cache::{DiskTier, MemoryTier, ObjectKey, TieredCache};
 use crate::config::{Config, UpstreamConfig};
 use crate::digest::Digest;
@@ -131,7 +131,7 @@ fn registry(upstream: &Upstream, dir: &std::path::Path) -> Registry {
         DiskTier::open(&dir.join("cache")).unwrap(),
         None,
     );
-    Registry::new(upstreams, cache, &config, metrics).unwrap()
+    Registry::new(upstreams, cache, None, &config, metrics).unwrap()
 }
 
 async fn body_of(reply: super::BlobReply) -> Vec<u8> {
@@ -168,13 +168,36 @@ async fn a_blob_request_parked_at_the_hand_off_never_fetches_twice() {
             repo.clone(),
             digest.clone(),
         );
-        async move { body_of(registry.blob(&target, &repo, &digest, true).await.unwrap()).await }
+        async move {
+            body_of(
+                registry
+                    .blob(
+                        &target,
+                        &repo,
+                        &digest,
+                        true,
+                        &Caller::client(ClientId::Unknown),
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
     });
     parked.await.unwrap();
 
     // Meanwhile another request fetches the blob, stores it, and its
     // flight ends.
-    let first = registry.blob(&target, &repo, &digest, true).await.unwrap();
+    let first = registry
+        .blob(
+            &target,
+            &repo,
+            &digest,
+            true,
+            &Caller::client(ClientId::Unknown),
+        )
+        .await
+        .unwrap();
     assert_eq!(body_of(first).await, upstream.blob);
     let key = ObjectKey::blob(digest.clone());
     while registry.inner.blob_flights.get(&key).is_some() {
@@ -218,7 +241,7 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
                     &reference,
                     &accept,
                     true,
-                    &ClientId::Unknown,
+                    &Caller::client(ClientId::Unknown),
                 )
                 .await
                 .unwrap()
@@ -233,7 +256,7 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
             &reference,
             &accept,
             true,
-            &ClientId::Unknown,
+            &Caller::client(ClientId::Unknown),
         )
         .await
         .unwrap();

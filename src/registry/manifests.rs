@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ALL_MANIFEST_TYPES, AcceptSet, ClientId, Outcome, Registry, RegistryError};
+use super::{ALL_MANIFEST_TYPES, AcceptSet, Caller, Outcome, Registry, RegistryError};
 use crate::cache::{CacheError, Content, Object, ObjectKey, Verified, read_whole};
+use crate::cluster::{Cluster, OwnerKey, Peer, PeerError};
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName};
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
@@ -23,6 +24,9 @@ pub struct ManifestReply {
     /// `None` for HEAD.
     pub body: Option<Bytes>,
     pub outcome: Outcome,
+    /// For an answer by tag: when upstream last confirmed the tag (ms),
+    /// which a peer asking the tag's owner keeps as its own record's age.
+    pub tag_checked_at_ms: Option<u64>,
 }
 
 pub(super) fn not_found(what: &str) -> impl FnOnce(UpstreamError) -> RegistryError + '_ {
@@ -52,16 +56,16 @@ impl Registry {
         reference: &Reference,
         accept: &AcceptSet,
         want_body: bool,
-        client: &ClientId,
+        caller: &Caller,
     ) -> Result<ManifestReply, RegistryError> {
         let (reply, tag_ttl) = match reference {
             Reference::Digest(digest) => (
-                self.manifest_by_digest(upstream, repo, digest, want_body, client)
+                self.manifest_by_digest(upstream, repo, digest, want_body, caller)
                     .await?,
                 None,
             ),
             Reference::Tag(tag) => (
-                self.manifest_by_tag(upstream, repo, tag, *accept, want_body, client)
+                self.manifest_by_tag(upstream, repo, tag, *accept, want_body, caller)
                     .await?,
                 Some(upstream.tag_ttl()),
             ),
@@ -82,6 +86,7 @@ impl Registry {
             Outcome::Coalesced => "coalesced",
             Outcome::Reserve => "reserve",
             Outcome::Stale => "stale",
+            Outcome::Peer => "peer",
             Outcome::Miss | Outcome::Relayed | Outcome::Local => return,
         };
         self.inner
@@ -112,7 +117,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         want_body: bool,
-        client: &ClientId,
+        caller: &Caller,
     ) -> Result<ManifestReply, RegistryError> {
         let key = ObjectKey::manifest(digest.clone());
         if let Some((object, tier)) = self.cached(&key).await {
@@ -132,22 +137,26 @@ impl Registry {
                     size,
                     body: None,
                     outcome: Outcome::Miss,
+                    tag_checked_at_ms: None,
                 });
             }
         }
         self.handoff(&key).await;
         if self.inner.manifest_fetches.get(&key).is_none() {
             // Joining a fetch is free; starting one spends the client's share.
-            self.inner.shares.check(upstream, client).map_err(|e| {
-                self.inner
-                    .metrics
-                    .fair_share_refusals
-                    .with_label_values(&[upstream.name()])
-                    .inc();
-                RegistryError::Upstream(e)
-            })?;
+            self.inner
+                .shares
+                .check(upstream, &caller.client)
+                .map_err(|e| {
+                    self.inner
+                        .metrics
+                        .fair_share_refusals
+                        .with_label_values(&[upstream.name()])
+                        .inc();
+                    RegistryError::Upstream(e)
+                })?;
         }
-        let (reply, joined) = self.fetch_manifest(upstream, repo, key, client).await?;
+        let (reply, joined) = self.fetch_manifest(upstream, repo, key, caller).await?;
         let outcome = match reply.outcome {
             Outcome::Miss => Outcome::fetched(joined),
             other => other,
@@ -155,6 +164,7 @@ impl Registry {
         Ok(ManifestReply {
             body: reply.body.filter(|_| want_body),
             outcome,
+            tag_checked_at_ms: None,
             ..reply
         })
     }
@@ -168,10 +178,11 @@ impl Registry {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         key: ObjectKey,
-        client: &ClientId,
+        caller: &Caller,
     ) -> Result<(ManifestReply, bool), RegistryError> {
+        let owner = self.owner(OwnerKey::Manifest(&key.digest), caller);
         let (this, upstream, repo) = (self.clone(), upstream.clone(), repo.clone());
-        let client = client.clone();
+        let caller = caller.clone();
         let work_key = key.clone();
         let (result, joined) = self
             .inner
@@ -181,11 +192,18 @@ impl Registry {
                 if let Some((object, tier)) = this.cached(&work_key).await {
                     return reply_from_object(digest, object, true, Outcome::Hit(tier)).await;
                 }
+                if let Some((cluster, peer)) = owner
+                    && let Some(answer) = this
+                        .manifest_from_owner(&cluster, &peer, &upstream, &repo, &work_key, &caller)
+                        .await
+                {
+                    return answer;
+                }
                 let manifest = upstream
                     .get_manifest(&repo, digest.as_str(), ALL_MANIFEST_TYPES)
                     .await
                     .map_err(not_found(digest.as_str()))?;
-                this.inner.shares.charge(&upstream, &client);
+                this.inner.shares.charge(&upstream, &caller.client);
                 let (media_type, body) = (manifest.media_type, manifest.body);
                 let verified =
                     Verified::bytes(work_key.clone(), Some(media_type.clone()), body.clone())
@@ -197,10 +215,64 @@ impl Registry {
                     size: body.len() as u64,
                     body: Some(body),
                     outcome: Outcome::Miss,
+                    tag_checked_at_ms: None,
                 })
             })
             .await;
         Ok((result??, joined))
+    }
+}
+
+impl Registry {
+    /// A manifest by digest from the replica that owns it, verified and
+    /// kept in this replica's own tiers (the owner fills the shared one);
+    /// `None` when the owner could not answer, to fetch it here instead.
+    async fn manifest_from_owner(
+        &self,
+        cluster: &Cluster,
+        peer: &Peer,
+        upstream: &Upstream,
+        repo: &RepoName,
+        key: &ObjectKey,
+        caller: &Caller,
+    ) -> Option<Result<ManifestReply, RegistryError>> {
+        let digest = &key.digest;
+        let client = caller.client.to_header();
+        let asked = cluster.manifest(
+            peer,
+            upstream.name(),
+            repo.as_str(),
+            digest,
+            client.as_deref(),
+        );
+        let manifest = match asked.await {
+            Ok(manifest) => manifest,
+            Err(e @ PeerError::Answered { .. }) => {
+                return Some(Err(not_found(digest.as_str())(super::peer_answer(
+                    upstream, e,
+                ))));
+            }
+            Err(PeerError::Unavailable { .. }) => return None,
+        };
+        let (media_type, body) = (manifest.media_type, manifest.body);
+        let verified = match Verified::bytes(key.clone(), Some(media_type.clone()), body.clone()) {
+            Ok(verified) => verified,
+            Err(e) => {
+                tracing::error!(peer = peer.url(), error = %e, "the owner sent a manifest that does not match its digest; fetching it here");
+                return None;
+            }
+        };
+        if let Err(e) = self.inner.cache.store_local(&verified).await {
+            tracing::warn!(error = %e, "could not cache a verified manifest");
+        }
+        Some(Ok(ManifestReply {
+            digest: digest.clone(),
+            media_type,
+            size: body.len() as u64,
+            body: Some(body),
+            outcome: Outcome::Peer,
+            tag_checked_at_ms: None,
+        }))
     }
 }
 
@@ -240,5 +312,6 @@ pub(super) async fn reply_from_object(
         size: object.meta.size,
         body,
         outcome,
+        tag_checked_at_ms: None,
     })
 }

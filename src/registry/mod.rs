@@ -8,6 +8,7 @@
 mod accept;
 mod blobs;
 mod budget_share;
+mod caller;
 #[cfg(test)]
 mod handoff_tests;
 mod manifests;
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
 pub use blobs::{BlobBody, BlobReply};
+pub use caller::{Caller, Scope};
 pub use manifests::ManifestReply;
 pub use ops::{PinReport, Readiness};
 pub use referrers::{ReferrersReply, fallback_tag};
@@ -33,6 +35,7 @@ pub use tag_store::TagStore;
 pub use tags::{TagEntry, TagKey, TagRecord};
 
 use crate::cache::{CacheError, Flights, ObjectKey, TieredCache};
+use crate::cluster::{Cluster, OwnerKey, Peer, PeerError};
 use crate::config::Config;
 use crate::digest::DigestMismatch;
 use crate::metrics::Metrics;
@@ -55,6 +58,8 @@ pub enum Outcome {
     /// A cached tag served past its TTL without asking upstream: the
     /// upstream's pull budget is at its reserve or spent.
     Reserve,
+    /// Answered by the replica that owns the key in the fleet.
+    Peer,
     /// Relayed from upstream without caching (tag lists).
     Relayed,
     /// Answered locally without the cache (`/v2/`, errors).
@@ -74,6 +79,7 @@ impl Outcome {
             Outcome::Revalidated => "revalidated",
             Outcome::Stale => "stale",
             Outcome::Reserve => "reserve",
+            Outcome::Peer => "peer",
             Outcome::Relayed => "relayed",
             Outcome::Local => "local",
         }
@@ -140,6 +146,8 @@ struct Inner {
     tag_checks: SingleFlight<tagged::CheckKey, Option<Result<tagged::TagCheck, RegistryError>>>,
     stale_retry: Duration,
     shares: share::FairShare,
+    /// The other replicas, when there are any.
+    cluster: Option<Cluster>,
     metrics: Metrics,
     /// Where tests park a request between its cache miss and its fetch.
     #[cfg(test)]
@@ -151,6 +159,7 @@ impl Registry {
     pub fn new(
         upstreams: Upstreams,
         cache: TieredCache,
+        cluster: Option<Cluster>,
         config: &Config,
         metrics: Metrics,
     ) -> Result<Self, CacheError> {
@@ -173,6 +182,7 @@ impl Registry {
             tag_checks: SingleFlight::default(),
             stale_retry: config.stale_retry,
             shares: share::FairShare::new(config.budget.client_share_percent),
+            cluster,
             metrics,
             #[cfg(test)]
             handoff: Default::default(),
@@ -222,6 +232,21 @@ impl Registry {
         }
     }
 
+    /// The fleet, when this replica has peers.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// The owner to ask for `key` on `caller`'s behalf: another replica,
+    /// and only for a client's own request (a peer's is answered here).
+    fn owner(&self, key: OwnerKey<'_>, caller: &Caller) -> Option<(Cluster, Peer)> {
+        let cluster = self.inner.cluster.as_ref()?;
+        if caller.scope == Scope::Local {
+            return None;
+        }
+        Some((cluster.clone(), cluster.owner(key)?))
+    }
+
     fn mismatch(&self, upstream: &Upstream, e: DigestMismatch) -> RegistryError {
         self.inner
             .metrics
@@ -244,4 +269,38 @@ impl Registry {
 
     #[cfg(not(test))]
     async fn handoff(&self, _key: &ObjectKey) {}
+}
+
+/// An owner's answer about the content, as if `upstream` had given it:
+/// it holds for the whole fleet (not found, denied, out of pulls).
+fn peer_answer(upstream: &Upstream, answer: PeerError) -> UpstreamError {
+    let (status, message, retry_after) = match answer {
+        PeerError::Answered {
+            status,
+            message,
+            retry_after,
+        } => (status, message, retry_after),
+        unavailable @ PeerError::Unavailable { .. } => {
+            let detail = unavailable.to_string();
+            return UpstreamError::new(
+                upstream.name(),
+                crate::upstream::ErrorKind::Transport,
+                detail,
+            );
+        }
+    };
+    let kind = match status.as_u16() {
+        404 => crate::upstream::ErrorKind::NotFound,
+        403 => crate::upstream::ErrorKind::Denied,
+        429 => crate::upstream::ErrorKind::RateLimited,
+        other => crate::upstream::ErrorKind::Status(other),
+    };
+    // The owner's message already names the upstream.
+    let prefix = format!("upstream {}: ", upstream.name());
+    let detail = message.strip_prefix(&prefix).unwrap_or(&message);
+    let error = UpstreamError::new(upstream.name(), kind, detail);
+    match retry_after {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }

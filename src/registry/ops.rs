@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::accept::{AcceptSet, KNOWN_MANIFEST_TYPES};
-use super::{ClientId, ManifestReply, Registry, RegistryError};
+use super::{Caller, ClientId, ManifestReply, Registry, RegistryError};
 use crate::cache::evict::DiskUsage;
 use crate::reference::{Reference, RepoName};
 use crate::upstream::Upstream;
@@ -53,7 +53,14 @@ impl Registry {
     ) -> Result<PinReport, RegistryError> {
         let every_type = AcceptSet::of(&KNOWN_MANIFEST_TYPES);
         let reply = self
-            .manifest(upstream, repo, reference, &every_type, true, client)
+            .manifest(
+                upstream,
+                repo,
+                reference,
+                &every_type,
+                true,
+                &Caller::client(client.clone()),
+            )
             .await?;
         Ok(self.inner.cache.pin_image(&reply.digest).await?)
     }
@@ -71,7 +78,14 @@ impl Registry {
             Reference::Tag(_) => {
                 let every_type = AcceptSet::of(&KNOWN_MANIFEST_TYPES);
                 let reply = self
-                    .manifest(upstream, repo, reference, &every_type, false, client)
+                    .manifest(
+                        upstream,
+                        repo,
+                        reference,
+                        &every_type,
+                        false,
+                        &Caller::client(client.clone()),
+                    )
                     .await?;
                 reply.digest
             }

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, header};
 use moka::sync::Cache;
 use serde_json::{Value, json};
 
-use super::{AcceptSet, ClientId, Outcome, Registry, RegistryError};
+use super::{AcceptSet, Caller, ClientId, Outcome, Registry, RegistryError};
 use crate::clock::now_ms;
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName, Tag};
@@ -170,7 +170,14 @@ impl Registry {
         headers.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
         let accept = AcceptSet::from_headers(&headers);
         let found = self
-            .manifest(upstream, repo, &Reference::Tag(tag), &accept, true, client)
+            .manifest(
+                upstream,
+                repo,
+                &Reference::Tag(tag),
+                &accept,
+                true,
+                &Caller::client(client.clone()),
+            )
             .await;
         let descriptors = match found {
             Ok(reply) => {

@@ -41,6 +41,32 @@ impl fmt::Display for ClientId {
     }
 }
 
+impl ClientId {
+    /// The client as a peer request names it to the key's owner (see
+    /// `cluster`), which charges the pull to the same share.
+    pub fn to_header(&self) -> Option<String> {
+        match self {
+            ClientId::Address(ip) => Some(format!("addr:{ip}")),
+            ClientId::Named(name) => Some(format!("name:{name}")),
+            ClientId::Unknown => None,
+        }
+    }
+
+    /// The client a peer request names; `Unknown` for anything else.
+    pub fn from_header(value: Option<&str>) -> ClientId {
+        let Some(value) = value else {
+            return ClientId::Unknown;
+        };
+        if let Some(ip) = value.strip_prefix("addr:").and_then(|ip| ip.parse().ok()) {
+            return ClientId::Address(ip);
+        }
+        match value.strip_prefix("name:") {
+            Some(name) if !name.is_empty() => ClientId::Named(name.into()),
+            _ => ClientId::Unknown,
+        }
+    }
+}
+
 /// A window used when the upstream announced none: Docker Hub's.
 const DEFAULT_WINDOW_SECS: u64 = 21_600;
 

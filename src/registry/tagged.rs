@@ -12,9 +12,11 @@ use std::sync::Arc;
 use super::accept::{AcceptSet, Kind};
 use super::manifests::{ManifestReply, is_not_a_manifest, is_transient, not_found, store_logged};
 use super::tags::{TagKey, TagRecord};
-use super::{ClientId, Outcome, Registry, RegistryError};
+use super::{Caller, Outcome, Registry, RegistryError};
 use crate::cache::{ObjectKey, Verified};
 use crate::clock::now_ms;
+use crate::cluster::OwnerKey;
+use crate::cluster::{Cluster, Peer, PeerError};
 use crate::digest::Digest;
 use crate::reference::{RepoName, Tag};
 use crate::upstream::{Standing, Upstream};
@@ -44,8 +46,17 @@ pub(super) struct TagCheck {
     outcome: Outcome,
 }
 
-/// Upstream's answer about a tag: digest, media type, size if known.
-type Answer = (Digest, String, Option<u64>);
+/// What a tag points at, as upstream (or the tag's owner) answered.
+struct Answer {
+    digest: Digest,
+    media_type: String,
+    size: Option<u64>,
+    /// When upstream confirmed it (ms): now, or when the owner did.
+    checked_at_ms: u64,
+    /// How the owner served it when that was stale or from the reserve:
+    /// then kept for `stale_retry`, like a stale record of this replica's.
+    held: Option<Outcome>,
+}
 
 impl Registry {
     pub(super) async fn manifest_by_tag(
@@ -55,7 +66,7 @@ impl Registry {
         tag: &Tag,
         accept: AcceptSet,
         want_body: bool,
-        client: &ClientId,
+        caller: &Caller,
     ) -> Result<ManifestReply, RegistryError> {
         let key = TagKey {
             upstream: upstream.name().to_owned(),
@@ -82,7 +93,7 @@ impl Registry {
             }
             known => {
                 let check = self
-                    .check_tag(upstream, repo, tag, accept, key.clone(), known)
+                    .check_tag(upstream, repo, tag, accept, key.clone(), known, caller)
                     .await?;
                 (check.record, Some(check.outcome))
             }
@@ -99,10 +110,11 @@ impl Registry {
                 size,
                 body: None,
                 outcome,
+                tag_checked_at_ms: Some(record.validated_at_ms),
             });
         }
         let reply = match self
-            .manifest_by_digest(upstream, repo, &digest, want_body, client)
+            .manifest_by_digest(upstream, repo, &digest, want_body, caller)
             .await
         {
             Err(e) if is_transient(&e) => {
@@ -123,7 +135,11 @@ impl Registry {
             (Some(check), Outcome::Hit(_)) => check,
             (_, body) => body,
         };
-        Ok(ManifestReply { outcome, ..reply })
+        Ok(ManifestReply {
+            outcome,
+            tag_checked_at_ms: Some(record.validated_at_ms),
+            ..reply
+        })
     }
 
     /// Asks upstream what a tag points at for a client accepting `accept`,
@@ -138,6 +154,7 @@ impl Registry {
         accept: AcceptSet,
         key: TagKey,
         known: Option<TagRecord>,
+        caller: &Caller,
     ) -> Result<TagCheck, RegistryError> {
         let about = match &known {
             Some(k) => CheckAbout::Record(k.media_type.clone(), accept.richest()),
@@ -148,7 +165,15 @@ impl Registry {
             about,
         };
         let (check, joined) = self
-            .run_check(upstream, repo, tag, accept, check_key, known.clone())
+            .run_check(
+                upstream,
+                repo,
+                tag,
+                accept,
+                check_key,
+                known.clone(),
+                caller,
+            )
             .await?;
         if !joined || accept.is_empty() || accept.admits(&check.record.media_type) {
             return Ok(check);
@@ -158,7 +183,7 @@ impl Registry {
             about: CheckAbout::Unanswered(accept),
         };
         Ok(self
-            .run_check(upstream, repo, tag, accept, alone, known)
+            .run_check(upstream, repo, tag, accept, alone, known, caller)
             .await?
             .0)
     }
@@ -174,7 +199,17 @@ impl Registry {
         accept: AcceptSet,
         check_key: CheckKey,
         known: Option<TagRecord>,
+        caller: &Caller,
     ) -> Result<(TagCheck, bool), RegistryError> {
+        let owner = self.owner(
+            OwnerKey::Tag {
+                upstream: upstream.name(),
+                repo: repo.as_str(),
+                tag: tag.as_str(),
+            },
+            caller,
+        );
+        let client = caller.client.to_header();
         let (this, upstream, repo) = (self.clone(), upstream.clone(), repo.clone());
         let (tag, key) = (tag.clone(), check_key.tag.clone());
         let (result, joined) = self
@@ -195,7 +230,18 @@ impl Registry {
                         outcome: Outcome::Coalesced,
                     });
                 }
-                let checked = this.ask_upstream(&upstream, &repo, &tag, accept).await;
+                let from_owner = match owner {
+                    Some((cluster, peer)) => {
+                        let asked = (&cluster, &peer, client.as_deref());
+                        this.tag_from_owner(asked, &upstream, &repo, &tag, accept)
+                            .await
+                    }
+                    None => None,
+                };
+                let checked = match from_owner {
+                    Some(answer) => answer,
+                    None => this.ask_upstream(&upstream, &repo, &tag, accept).await,
+                };
                 this.settle_tag(&upstream, &key, accept, known, checked)
             })
             .await;
@@ -223,7 +269,13 @@ impl Registry {
             .await
             .map_err(not_found(tag.as_str()))?;
         if let Some(digest) = head.digest {
-            return Ok((digest, head.media_type, head.size));
+            return Ok(Answer {
+                digest,
+                media_type: head.media_type,
+                size: head.size,
+                checked_at_ms: now_ms(),
+                held: None,
+            });
         }
         // Upstream checked the body: it is a manifest, and its digest is
         // the one announced (verified) or the one it hashes to.
@@ -240,7 +292,55 @@ impl Registry {
         )
         .map_err(|e| self.mismatch(upstream, e))?;
         store_logged(self, &verified).await;
-        Ok((digest, media_type, size))
+        Ok(Answer {
+            digest,
+            media_type,
+            size,
+            checked_at_ms: now_ms(),
+            held: None,
+        })
+    }
+
+    /// What the tag's owner says it points at (the owner asks upstream at
+    /// most once for the fleet); `None` when the owner could not answer,
+    /// to ask upstream here instead.
+    async fn tag_from_owner(
+        &self,
+        (cluster, peer, client): (&Cluster, &Peer, Option<&str>),
+        upstream: &Upstream,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: AcceptSet,
+    ) -> Option<Result<Answer, RegistryError>> {
+        let accept_header = accept.header_value();
+        let asked = cluster.tag(
+            peer,
+            upstream.name(),
+            repo.as_str(),
+            tag.as_str(),
+            &accept_header,
+            client,
+        );
+        match asked.await {
+            Ok(answer) => {
+                let held = match answer.outcome.as_deref() {
+                    Some("stale") => Some(Outcome::Stale),
+                    Some("reserve") => Some(Outcome::Reserve),
+                    _ => None,
+                };
+                Some(Ok(Answer {
+                    digest: answer.digest,
+                    media_type: answer.media_type,
+                    size: answer.size,
+                    checked_at_ms: now_ms().saturating_sub(answer.age.as_millis() as u64),
+                    held,
+                }))
+            }
+            Err(e @ PeerError::Answered { .. }) => Some(Err(not_found(tag.as_str())(
+                super::peer_answer(upstream, e),
+            ))),
+            Err(PeerError::Unavailable { .. }) => None,
+        }
     }
 
     /// Turns upstream's answer to a request accepting `asked` into the
@@ -255,8 +355,8 @@ impl Registry {
     ) -> Result<TagCheck, RegistryError> {
         let tags = &self.inner.tags;
         match (checked, known) {
-            (Ok((digest, media_type, size)), known) => {
-                let digest = digest.to_string();
+            (Ok(answer), known) => {
+                let (digest, media_type) = (answer.digest.to_string(), answer.media_type);
                 let (outcome, previous_digest) = match &known {
                     Some(k) if k.digest == digest && k.media_type == media_type => {
                         (Outcome::Revalidated, k.previous_digest.clone())
@@ -264,14 +364,15 @@ impl Registry {
                     Some(k) => (Outcome::Miss, Some(k.digest.clone())),
                     None => (Outcome::Miss, None),
                 };
+                let outcome = answer.held.unwrap_or(outcome);
                 let kind = Kind::of(&media_type);
                 let record = TagRecord {
                     digest,
                     media_type,
-                    size,
+                    size: answer.size,
                     proven_up_to: asked.richest().map_or(kind, |richest| richest.max(kind)),
-                    validated_at_ms: now_ms(),
-                    failed_at_ms: None,
+                    validated_at_ms: answer.checked_at_ms,
+                    failed_at_ms: answer.held.map(|_| now_ms()),
                     previous_digest,
                 };
                 let obsolete = known.map(|k| k.media_type);

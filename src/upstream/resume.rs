@@ -74,6 +74,59 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Bytes `offset..size` of a blob of `size` bytes that another source
+    /// (the replica that owns it) broke off: asked with `Range` like a
+    /// resume, taken only when the answer continues exactly there, and
+    /// itself resumed if it breaks too.
+    pub async fn get_blob_from(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &crate::digest::Digest,
+        offset: u64,
+        size: u64,
+    ) -> Result<BlobDownload, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let (response, slot) = self
+            .fetch(Ask {
+                method: Method::GET,
+                path: &path,
+                repo,
+                accept: "",
+                kind: "blob_resume",
+                bounded: false,
+                range_from: Some(offset),
+            })
+            .await?;
+        let headers = response.headers();
+        let content_range = headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        let status = response.status();
+        let skip = resumed_at(status, content_range, content_length(headers), offset, size)
+            .map_err(|why| {
+                let detail = format!("the answer to a blob asked from byte {offset} {why}");
+                self.error(ErrorKind::Invalid, detail)
+            })?;
+        let body = Resuming {
+            upstream: self.clone(),
+            repo: repo.clone(),
+            path,
+            size: Some(size),
+            received: offset,
+            resumes: 0,
+            skip,
+            chunks: response.bytes_stream().boxed(),
+            bytes: self.metrics.upstream_bytes.with_label_values(&[&self.name]),
+            _slot: slot,
+        };
+        Ok(BlobDownload {
+            size: Some(size - offset),
+            body: Box::new(Box::pin(body.into_stream())),
+        })
+    }
+}
+
 impl Resuming {
     fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
         futures_util::stream::unfold(Some(self), |state| async move {

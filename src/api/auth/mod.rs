@@ -96,8 +96,12 @@ impl ClientAuth {
         })))
     }
 
+    /// Paths admitted without client credentials: health, unprotected
+    /// metrics, and the peer path, which checks the cluster secret itself.
     fn open(&self, path: &str) -> bool {
-        matches!(path, "/healthz" | "/readyz") || (path == "/metrics" && !self.protect_metrics)
+        matches!(path, "/healthz" | "/readyz")
+            || (path == "/metrics" && !self.protect_metrics)
+            || path.starts_with(crate::cluster::PEER_PREFIX)
     }
 
     fn network_allows(&self, peer: Option<IpAddr>) -> bool {

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use super::parts::{self, OpenPart, PartBody, Plan};
 use super::{Health, S3Tier, status};
 use crate::cache::ObjectKey;
-use crate::cache::flight::{Source, SourceError};
+use crate::cache::flight::{Origin, Source, SourceError};
 
 impl S3Tier {
     /// Streams a blob from the bucket, for a flight to verify and store
@@ -84,7 +84,7 @@ impl S3Tier {
         Some(Source {
             size: Some(total),
             body: Box::new(body),
-            shared: true,
+            origin: Origin::Shared,
         })
     }
 
@@ -145,7 +145,7 @@ impl S3Tier {
         Source {
             size,
             body: Box::new(Box::pin(body)),
-            shared: true,
+            origin: Origin::Shared,
         }
     }
 }
