@@ -158,3 +158,61 @@ fn check_url(url: &str) -> Result<(), String> {
         _ => Err("must be an http:// or https:// base URL such as http://10.0.1.5:5000".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, refused_naming_fields};
+
+    #[test]
+    fn peers_need_a_long_secret_and_urls_or_one_dns_name() {
+        let with_secret = "[cluster]\nsecret = \"0123456789abcdef\"\n";
+        let c = Config::from_toml(&format!(
+            "{with_secret}peers = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let dns = Config::from_toml(&format!(
+            "{with_secret}peers = [\"dns:mirror.internal:5000\"]\n"
+        ));
+        dns.unwrap().validate().unwrap();
+        refused_naming_fields(
+            "[cluster]\n",
+            &[
+                ("peers = [\"http://a:1\"]\n", "cluster.secret"),
+                (
+                    "peers = [\"http://a:1\"]\nsecret = \"short\"\n",
+                    "cluster.secret",
+                ),
+                (
+                    "peers = [\"dns:a:1\", \"http://b:1\"]\nsecret = \"0123456789abcdef\"\n",
+                    "cluster.peers",
+                ),
+                (
+                    "peers = [\"dns:a\"]\nsecret = \"0123456789abcdef\"\n",
+                    "cluster.peers",
+                ),
+                (
+                    "peers = [\"ftp://a:1\"]\nsecret = \"0123456789abcdef\"\n",
+                    "cluster.peers",
+                ),
+                (
+                    "peers = [\"http://a:1/v2\"]\nsecret = \"0123456789abcdef\"\n",
+                    "cluster.peers",
+                ),
+                (
+                    "peers = [\"http://a:1\"]\nsecret = \"0123456789abcdef\"\nadvertise = \"a:1\"\n",
+                    "cluster.advertise",
+                ),
+                (
+                    "peers = [\"http://a:1\"]\nsecret = \"0123456789abcdef\"\ntimeout = \"0s\"\n",
+                    "cluster.timeout",
+                ),
+            ],
+        );
+        // Without peers the section is off, whatever else it says.
+        Config::from_toml("[cluster]\nsecret = \"x\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+}

@@ -22,6 +22,20 @@ pub fn serve_command(
     env: &[(&str, &str)],
 ) -> (Command, u16) {
     let port = free_port();
+    (
+        serve_command_on(port, upstream_url, data_dir, extra, env),
+        port,
+    )
+}
+
+/// The command line of `pullthrough serve` on loopback `port`.
+pub fn serve_command_on(
+    port: u16,
+    upstream_url: &str,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pullthrough"));
     command
         .args([
@@ -39,7 +53,7 @@ pub fn serve_command(
         .env("PULLTHROUGH_DISK_MAX_PERCENT", "100")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(env.iter().copied());
-    (command, port)
+    command
 }
 
 impl Replica {
@@ -51,7 +65,19 @@ impl Replica {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Replica {
-        let (mut command, port) = serve_command(upstream_url, data_dir, extra, env);
+        Replica::start_on(free_port(), upstream_url, data_dir, extra, env).await
+    }
+
+    /// As [`Replica::start`], on loopback `port` (which the other
+    /// replicas of a fleet are told before it starts).
+    pub async fn start_on(
+        port: u16,
+        upstream_url: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
+        let mut command = serve_command_on(port, upstream_url, data_dir, extra, env);
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
         command.stdout(log.try_clone().unwrap()).stderr(log);
         let child = command.spawn().expect("pullthrough starts");
