@@ -329,3 +329,75 @@ async fn with_a_bucket_a_layer_just_fetched_elsewhere_costs_no_second_download()
     );
     assert_eq!(100 - hub.rate_limit_remaining("127.0.0.1"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_status_page_and_doctor_name_each_member_and_its_state() {
+    let hub = HubSim::start().await;
+    let (me, ghost) = (free_port(), free_port());
+    let members = [url(me), url(ghost)];
+    let fleet = Fleet::start_listing(&[me], &members, &hub.registry_url, &[], &[]).await;
+    let status = format!("{}/ui/status.json", url(me));
+    let seen = async || {
+        let json: serde_json::Value = reqwest::get(&status).await.unwrap().json().await.unwrap();
+        let mut states: Vec<String> = json["fleet"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    m["url"].as_str().unwrap(),
+                    m["state"].as_str().unwrap()
+                )
+            })
+            .collect();
+        states.sort();
+        let mut expected = [format!("{} self", url(me)), format!("{} down", url(ghost))];
+        expected.sort();
+        states == expected
+    };
+    support::wait_until_async(seen).await;
+    let page = reqwest::get(format!("{}/ui", url(me)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h2>Fleet</h2>") && page.contains(&url(ghost)));
+
+    let peers = members.join(",");
+    let mut doctor = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"));
+    doctor
+        .args([
+            "doctor",
+            "--only",
+            "docker.io",
+            "--peers",
+            &peers,
+            "--advertise",
+            &url(me),
+        ])
+        .arg("--upstream")
+        .arg(format!("docker.io={}", hub.registry_url))
+        .arg("--data-dir")
+        .arg(fleet.dir.path().join("doctor"))
+        .env("PULLTHROUGH_CLUSTER_SECRET", SECRET);
+    let output = support::process::run_to_end(doctor, Duration::from_secs(60)).await;
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a member down fails the doctor:\n{out}"
+    );
+    let line = |needle: &str| {
+        out.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line(&format!("{} peer", url(me))).starts_with('✓'), "{out}");
+    assert!(
+        line(&format!("{} peer", url(ghost))).starts_with('✗'),
+        "{out}"
+    );
+    assert!(line("cluster            self").starts_with('✓'), "{out}");
+}

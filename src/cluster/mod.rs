@@ -266,10 +266,26 @@ impl Cluster {
             .to_probe()
             .into_iter()
             .map(|url| async move {
-                let answer = self.hello(&url).await;
+                let answer = self.hello(&url).await.map(|id| id == self.inner.id);
                 self.inner.members.probed(&url, answer);
             });
         futures_util::future::join_all(probes).await;
+    }
+
+    /// For `doctor`: every member now (a `dns:` name looked up afresh),
+    /// each with its answer to a probe (the identity of the process that
+    /// answered, or why none did), and this replica's own URL when the
+    /// configuration or the platform tells it.
+    pub async fn survey(&self) -> (Vec<(String, Result<String, String>)>, Option<String>) {
+        self.refresh().await;
+        let advertised = match &self.inner.advertise {
+            Some(url) => Some(url.clone()),
+            None => discover_advertise(self.inner.scheme, self.inner.port).await,
+        };
+        let urls: Vec<String> = self.members().into_iter().map(|m| m.url).collect();
+        let answers = urls.iter().map(|url| self.hello(url));
+        let answers = futures_util::future::join_all(answers).await;
+        (urls.into_iter().zip(answers).collect(), advertised)
     }
 
     fn count_members(&self) {

@@ -165,9 +165,9 @@ impl Cluster {
         })
     }
 
-    /// Asks the member at `url` who it is: `Ok(true)` when it is this
-    /// process, `Ok(false)` for another replica that answered.
-    pub(super) async fn hello(&self, url: &str) -> Result<bool, String> {
+    /// Asks the member at `url` who it is: the identity of the process
+    /// that answered, or why none did.
+    pub(super) async fn hello(&self, url: &str) -> Result<String, String> {
         let request = self
             .inner
             .client
@@ -180,7 +180,7 @@ impl Cluster {
         }
         let answer: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
         let id = answer["id"].as_str().ok_or("an answer without an id")?;
-        Ok(id == self.inner.id)
+        Ok(id.to_owned())
     }
 
     /// Sends one peer request and sorts its failure; counts it.

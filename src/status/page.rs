@@ -63,6 +63,7 @@ pub fn render_page(snapshot: &Snapshot) -> String {
     chart(&mut html, snapshot);
     upstreams(&mut html, snapshot);
     cache(&mut html, snapshot);
+    fleet(&mut html, snapshot);
     hottest(&mut html, snapshot);
     errors(&mut html, snapshot);
     html.push_str("</body></html>");
@@ -241,6 +242,42 @@ fn cache(html: &mut String, s: &Snapshot) {
                 &t.evictions.to_string()
             ),
             esc(&t.state),
+        );
+    }
+    html.push_str("</table>");
+}
+
+fn fleet(html: &mut String, s: &Snapshot) {
+    let Some(fleet) = &s.fleet else {
+        return;
+    };
+    let _ = write!(
+        html,
+        r#"<h2>Fleet</h2><p class="muted">answered for peers {}, asked of owners {}, fetched here when the owner could not answer {}</p><table id="fleet"><tr><th>replica</th><th>state</th><th>why</th></tr>"#,
+        figure(
+            "peer-served",
+            fleet.served_for_peers,
+            &fleet.served_for_peers.to_string()
+        ),
+        figure(
+            "peer-sent",
+            fleet.sent_to_owners,
+            &fleet.sent_to_owners.to_string()
+        ),
+        figure(
+            "peer-fallbacks",
+            fleet.fallbacks,
+            &fleet.fallbacks.to_string()
+        ),
+    );
+    for m in &fleet.members {
+        let class = if m.state == "down" { "bad" } else { "ok" };
+        let _ = write!(
+            html,
+            r#"<tr><td>{}</td><td class="{class}">{}</td><td class="muted">{}</td></tr>"#,
+            esc(&m.url),
+            esc(&m.state),
+            esc(m.error.as_deref().unwrap_or("")),
         );
     }
     html.push_str("</table>");

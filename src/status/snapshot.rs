@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamStatus>,
     pub cache: Vec<CacheTier>,
     pub downloads: Downloads,
+    /// The other replicas, when this one has peers.
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
     pub hottest: Vec<HotImage>,
     /// Newest first.
     pub errors: Vec<ErrorEntry>,
@@ -104,6 +107,28 @@ pub struct Downloads {
     pub clients: u64,
 }
 
+/// The fleet as this replica sees it (see `cluster`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub members: Vec<FleetMember>,
+    /// Requests this replica answered for others, as a key's owner.
+    pub served_for_peers: u64,
+    /// Requests this replica sent to owners.
+    pub sent_to_owners: u64,
+    /// Keys fetched here because their owner could not answer.
+    pub fallbacks: u64,
+}
+
+/// One member of the fleet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetMember {
+    pub url: String,
+    /// `self`, `up`, `down` or `unknown` (not yet probed).
+    pub state: String,
+    /// Why it is down, when it is.
+    pub error: Option<String>,
+}
+
 /// One of the hottest images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HotImage {
@@ -166,6 +191,7 @@ impl Snapshot {
                 active: samples.sum("pullthrough_downloads_active", |_| true),
                 clients: samples.sum("pullthrough_download_clients", |_| true),
             },
+            fleet: fleet(registry, &samples),
             hottest: board
                 .hottest(HOTTEST_SHOWN)
                 .into_iter()
@@ -231,6 +257,26 @@ fn upstreams(registry: &Registry, samples: &Samples, now: u64) -> Vec<UpstreamSt
             }
         })
         .collect()
+}
+
+fn fleet(registry: &Registry, samples: &Samples) -> Option<Fleet> {
+    let members = registry.cluster()?.members();
+    let all = |_: &_| true;
+    Some(Fleet {
+        members: members
+            .into_iter()
+            .map(|m| FleetMember {
+                url: m.url,
+                state: m.state.to_owned(),
+                error: m.error,
+            })
+            .collect(),
+        served_for_peers: samples.sum("pullthrough_peer_requests_served_total", |m| {
+            Samples::label(m, "kind") != "hello"
+        }),
+        sent_to_owners: samples.sum("pullthrough_peer_requests_sent_total", all),
+        fallbacks: samples.sum("pullthrough_peer_fallbacks_total", all),
+    })
 }
 
 fn cache(registry: &Registry, samples: &Samples) -> Vec<CacheTier> {

@@ -74,6 +74,18 @@ pub fn write_table(s: &Snapshot, out: &mut impl Write) -> io::Result<()> {
         )?;
     }
 
+    if let Some(fleet) = &s.fleet {
+        writeln!(
+            out,
+            "\nFLEET          {} answered for peers, {} asked of owners, {} fetched here for an owner",
+            fleet.served_for_peers, fleet.sent_to_owners, fleet.fallbacks
+        )?;
+        for m in &fleet.members {
+            let why = m.error.as_deref().unwrap_or("");
+            writeln!(out, "  {:<40} {:<8} {why}", m.url, m.state)?;
+        }
+    }
+
     writeln!(out, "\nHOTTEST IMAGES")?;
     if s.hottest.is_empty() {
         writeln!(out, "  none yet")?;

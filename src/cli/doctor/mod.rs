@@ -2,13 +2,15 @@
 //! checks, for the configuration `serve` would use, each enabled upstream
 //! (DNS, TCP, TLS, `/v2/` with the token flow, the live pull budget, the
 //! clock against upstream's `Date`), the shared S3 tier (a put, get and
-//! delete of a probe object) and the data directory (writable, room left
-//! against the disk cap). It prints one line per check, with a fix hint
+//! delete of a probe object), the data directory (writable, room left
+//! against the disk cap) and, with peers, the fleet (every member answers
+//! with the cluster secret, and this replica is one of them). It prints one line per check, with a fix hint
 //! under each failure, and reports whether all passed.
 //!
 //! The checks use the crate's own upstream client and S3 tier, so they
 //! exercise the code paths a pull takes, not a copy of them.
 
+mod fleet;
 mod storage;
 mod upstream;
 
@@ -157,6 +159,9 @@ pub async fn run(config: &Config, only: Option<&str>, out: &mut impl Write) -> i
         report(check, out)?;
     }
     for check in storage::data_dir_checks(config).await {
+        report(check, out)?;
+    }
+    for check in fleet::checks(config, &metrics).await {
         report(check, out)?;
     }
     writeln!(
