@@ -14,6 +14,7 @@ use support::client::Client;
 use support::fleet::{Fleet, SECRET, url};
 use support::hubsim::{HubSim, SimOptions};
 use support::process::Replica;
+use support::quirky_s3::{Quirk, QuirkyS3};
 use support::random_bytes;
 use support::registry::free_port;
 use support::s3::{S3Server, SECRET_KEY, aws_env};
@@ -400,4 +401,50 @@ async fn the_status_page_and_doctor_name_each_member_and_its_state() {
         "{out}"
     );
     assert!(line("cluster            self").starts_with('✓'), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_ignores_conditional_writes_keeps_every_object_whole() {
+    let hub = slow_hub(8 << 20).await;
+    let s3 = S3Server::start().await;
+    s3.create_bucket("garage").await;
+    let store = QuirkyS3::start(&s3, Quirk::IgnoresConditionalWrites).await;
+    // Two replicas that cannot ask each other (as when the owner is
+    // unreachable) fetch and upload the same image at once, small
+    // objects and a multipart layer alike; the store overwrites.
+    let layer = random_bytes(20 << 20, 23);
+    hub.push_image("library/garage", "1", &[layer]);
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--s3-bucket", "garage", "--s3-endpoint", &store.endpoint];
+    let env = aws_env(SECRET_KEY);
+    let a = Replica::start(&hub.registry_url, &dir.path().join("a"), &flags, &env).await;
+    let b = Replica::start(&hub.registry_url, &dir.path().join("b"), &flags, &env).await;
+    let (to_a, to_b) = (Client::new(&a.url), Client::new(&b.url));
+    let (first, second) = tokio::join!(to_a.pull("garage", "1"), to_b.pull("garage", "1"));
+    assert_eq!(first, second);
+    let uploaded = async || s3.keys("garage", "blobs/").await.len() == 2;
+    support::wait_until_async(uploaded).await;
+    // Both replicas downloaded the layer at once, and both uploaded it;
+    // the last write lands some time after the first.
+    support::wait_until_async(async || store.bent() >= 2).await;
+    let mut writes = store.bent();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if std::mem::replace(&mut writes, store.bent()) == writes {
+            break;
+        }
+    }
+
+    // A fleet on the same store reads everything back whole, with no
+    // upstream request.
+    hub.reset_counters();
+    let fleet = Fleet::start(2, &hub.registry_url, &flags, &env).await;
+    for replica in &fleet.replicas {
+        assert_eq!(Client::new(&replica.url).pull("garage", "1").await, first);
+    }
+    assert_eq!(
+        hub.counters().cdn_gets,
+        0,
+        "every blob came from the bucket"
+    );
 }

@@ -17,7 +17,7 @@ pub mod hubsim;
 pub mod image;
 pub mod process;
 pub mod proxy;
-pub mod rangeless;
+pub mod quirky_s3;
 pub mod registry;
 pub mod s3;
 pub mod simclient;
