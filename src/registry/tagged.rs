@@ -58,6 +58,14 @@ struct Answer {
     held: Option<Outcome>,
 }
 
+/// The tag a check is about, and what the asking client accepts.
+struct Asked<'a> {
+    upstream: &'a Arc<Upstream>,
+    repo: &'a RepoName,
+    tag: &'a Tag,
+    accept: AcceptSet,
+}
+
 impl Registry {
     pub(super) async fn manifest_by_tag(
         &self,
@@ -92,9 +100,13 @@ impl Registry {
                 (r, Some(Outcome::Reserve))
             }
             known => {
-                let check = self
-                    .check_tag(upstream, repo, tag, accept, key.clone(), known, caller)
-                    .await?;
+                let asked = Asked {
+                    upstream,
+                    repo,
+                    tag,
+                    accept,
+                };
+                let check = self.check_tag(&asked, key.clone(), known, caller).await?;
                 (check.record, Some(check.outcome))
             }
         };
@@ -148,14 +160,12 @@ impl Registry {
     /// on its own.
     async fn check_tag(
         &self,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        tag: &Tag,
-        accept: AcceptSet,
+        asked: &Asked<'_>,
         key: TagKey,
         known: Option<TagRecord>,
         caller: &Caller,
     ) -> Result<TagCheck, RegistryError> {
+        let accept = asked.accept;
         let about = match &known {
             Some(k) => CheckAbout::Record(k.media_type.clone(), accept.richest()),
             None => CheckAbout::Unanswered(accept),
@@ -165,15 +175,7 @@ impl Registry {
             about,
         };
         let (check, joined) = self
-            .run_check(
-                upstream,
-                repo,
-                tag,
-                accept,
-                check_key,
-                known.clone(),
-                caller,
-            )
+            .run_check(asked, check_key, known.clone(), caller)
             .await?;
         if !joined || accept.is_empty() || accept.admits(&check.record.media_type) {
             return Ok(check);
@@ -182,10 +184,7 @@ impl Registry {
             tag: key,
             about: CheckAbout::Unanswered(accept),
         };
-        Ok(self
-            .run_check(upstream, repo, tag, accept, alone, known, caller)
-            .await?
-            .0)
+        Ok(self.run_check(asked, alone, known, caller).await?.0)
     }
 
     /// One check for all concurrent callers with `check_key`: asks
@@ -193,14 +192,17 @@ impl Registry {
     /// Says whether this caller joined another's check.
     async fn run_check(
         &self,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        tag: &Tag,
-        accept: AcceptSet,
+        asked: &Asked<'_>,
         check_key: CheckKey,
         known: Option<TagRecord>,
         caller: &Caller,
     ) -> Result<(TagCheck, bool), RegistryError> {
+        let Asked {
+            upstream,
+            repo,
+            tag,
+            accept,
+        } = *asked;
         let owner = self.owner(
             OwnerKey::Tag {
                 upstream: upstream.name(),
