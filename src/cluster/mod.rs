@@ -12,7 +12,10 @@
 //! consensus or lease: a disagreement on who is up costs at most one more
 //! fetch of a key, and any failure of the owner (down, slow to begin,
 //! refusing) makes the asking replica fetch the key itself, as it would
-//! without peers. The shared S3 tier is still asked first: a finished
+//! without peers. (Two replicas whose views differ so that each takes the
+//! other for a key's owner wait on each other until `cluster.timeout`,
+//! then both fetch it: views differ only while a member comes or goes,
+//! and a view that is a subset of another's never picks that way.) The shared S3 tier is still asked first: a finished
 //! object is read from the bucket, and only one still being fetched or
 //! uploaded is asked of its owner.
 //!
