@@ -3,9 +3,10 @@
 //!
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
 //! each wrk run; default 5, which makes the whole bench about 2 to 2.5
-//! minutes, the S3 rows included, plus a minute or two for the rollout).
-//! `BENCH_ONLY=http`, `s3` or `rollout` runs only that section; the rollout
-//! needs none of the programs below.
+//! minutes, the S3 rows included, plus a minute or two for the rollout and
+//! about a minute for the fleet rollout).
+//! `BENCH_ONLY=http`, `s3`, `rollout` or `fleet` runs only that section; the
+//! rollout and the fleet rollout need none of the programs below.
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -26,15 +27,21 @@
 //! warm manifest-by-tag GETs (with dockerd's Accept types) and warm 100 KiB
 //! blob GETs in requests/s, and a warm 200 MB blob in bytes/s. Then 8
 //! concurrent cold GETs of an uncached 100 MB blob count the upstream
-//! fetches (target: 1) and check every client's bytes. Last, with s3s-fs,
+//! fetches (target: 1) and check every client's bytes. Next, with s3s-fs,
 //! fresh replicas sharing a bucket serve the 200 MB blob and many 100 KiB
 //! blobs from S3 (see `load/s3tier.rs`), with no upstream request, and the
 //! 200 MB blob through a store that caps each connection (`load/s3cap.rs`).
-//! Last, a cluster rollout: 1,000 and then 2,000 clients GET one cold 8 MB
+//! Then a cluster rollout: 1,000 and then 2,000 clients GET one cold 8 MB
 //! layer from a fresh pullthrough while the upstream trickles it out at
 //! 1 MB/s, counting upstream fetches, pullthrough's peak anonymous memory
 //! and threads, and the latency of warm requests made meanwhile (see
 //! `load/rollout.rs`).
+//! Last, the fleet rollout: the same bursts spread round-robin over three
+//! fresh replicas told of each other (`--peers`), which should cost the
+//! fleet one upstream download (the layer's bytes fetched once, 1.0x) and
+//! send the layer once to each replica that does not own it, with each
+//! replica's memory, threads and warm latency as above (see
+//! `load/fleet.rs`).
 //!
 //! The figures that matter are the **ratios to nginx**, not the absolute
 //! numbers: wrk, the servers and the simulator share the same (often small,
@@ -47,6 +54,8 @@
 mod ceiling;
 #[path = "load/coalesce.rs"]
 mod coalesce;
+#[path = "load/fleet.rs"]
+mod fleet;
 #[path = "load/http.rs"]
 mod http;
 #[path = "load/probe.rs"]
@@ -379,6 +388,7 @@ enum Only {
     Http,
     S3,
     Rollout,
+    Fleet,
 }
 
 fn only() -> Result<Only, String> {
@@ -389,8 +399,10 @@ fn only() -> Result<Only, String> {
             "http" => Ok(Only::Http),
             "s3" => Ok(Only::S3),
             "rollout" => Ok(Only::Rollout),
+            "fleet" => Ok(Only::Fleet),
             _ => Err(format!(
-                "BENCH_ONLY must be `http`, `s3` or `rollout` (or unset for every section), not {v:?}"
+                "BENCH_ONLY must be `http`, `s3`, `rollout` or `fleet` (or unset for every \
+                 section), not {v:?}"
             )),
         },
     }
@@ -409,12 +421,15 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     procs::handle_signals(&rt);
     println!("pullthrough: {}", binary.display());
-    if only != Only::Rollout {
+    if matches!(only, Only::All | Only::Http | Only::S3) {
         nginx_rows(&rt, &binary, only, seconds)?;
     }
     if matches!(only, Only::All | Only::Rollout) {
         // Only pullthrough takes part; the other servers are stopped.
         rollout::run(&rt, &binary, procs::find_program("nginx").as_deref())?;
+    }
+    if matches!(only, Only::All | Only::Fleet) {
+        fleet::run(&rt, &binary)?;
     }
     Ok(())
 }

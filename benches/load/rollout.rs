@@ -12,6 +12,9 @@
 //! a prober on its own thread times sequential warm GETs, each on a fresh
 //! connection, first idle and then during the burst. The same burst is then
 //! played against nginx (see `ceiling`), the practical ceiling.
+//!
+//! The fleet rollout (`fleet`) plays the same bursts against three
+//! replicas, with the constants and helpers made public here.
 
 use std::time::{Duration, Instant};
 
@@ -24,31 +27,31 @@ use super::support::hubsim::{HubSim, SimOptions};
 use super::{Fixture, ceiling, http, procs, report};
 
 /// Clients per burst, one burst each.
-const FLEETS: [usize; 2] = [1_000, 2_000];
+pub const FLEETS: [usize; 2] = [1_000, 2_000];
 /// The cold layer every client of a burst asks for.
-const LAYER: usize = 8_000_000;
+pub const LAYER: usize = 8_000_000;
 /// The CDN's pace: the download takes 8 s, long enough for all to join.
-const UPSTREAM_BYTES_PER_SEC: u64 = 1_000_000;
+pub const UPSTREAM_BYTES_PER_SEC: u64 = 1_000_000;
 /// Warm blob answered from the memory tier (under its 1 MiB object limit).
-const MEMORY_BLOB: usize = 64 * 1024;
+pub const MEMORY_BLOB: usize = 64 * 1024;
 /// Warm blob answered from disk (over the memory tier's object limit).
-const DISK_BLOB: usize = 4 * 1024 * 1024;
+pub const DISK_BLOB: usize = 4 * 1024 * 1024;
 /// Prober rounds (one GET of each warm blob) before the burst.
-const IDLE_ROUNDS: usize = 200;
+pub const IDLE_ROUNDS: usize = 200;
 /// Most prober rounds during the burst, and the pause between two.
-const BURST_ROUNDS: usize = 300;
-const BURST_PAUSE: Duration = Duration::from_millis(20);
+pub const BURST_ROUNDS: usize = 300;
+pub const BURST_PAUSE: Duration = Duration::from_millis(20);
 /// How often `/proc/<pid>/status` is read.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// Bound on one client's whole answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Worker threads of the clients' runtime (they check every byte).
 const CLIENT_THREADS: usize = 2;
 /// File descriptors each side needs besides one per client.
-const SPARE_FILES: u64 = 512;
-const ANON_TARGET: u64 = 256 * 1024 * 1024;
-const THREADS_TARGET: u64 = 100;
-const P99_TARGET: f64 = 2.0;
+pub const SPARE_FILES: u64 = 512;
+pub const ANON_TARGET: u64 = 256 * 1024 * 1024;
+pub const THREADS_TARGET: u64 = 100;
+pub const P99_TARGET: f64 = 2.0;
 
 /// What one burst cost.
 struct Fleet {
@@ -121,7 +124,7 @@ pub fn run(
         };
         let client_rt = clients_runtime()?;
         let ceiling = ceiling::run(rt, nginx, &plan, |url| {
-            burst(&client_rt, url, &layer, clients)
+            burst(&client_rt, &[url.to_owned()], &layer, clients)
         });
         match ceiling {
             Ok(ceiling) => print_ceiling(&ceiling, clients),
@@ -136,12 +139,12 @@ pub fn run(
 
 /// Stores `len` seeded random bytes in the simulator; returns the digest
 /// and the bytes.
-fn seed_blob(sim: &HubSim, len: usize, seed: u64) -> (String, Bytes) {
+pub fn seed_blob(sim: &HubSim, len: usize, seed: u64) -> (String, Bytes) {
     let bytes: Bytes = super::support::random_bytes(len, seed);
     (sim.put_blob(bytes.clone()), bytes)
 }
 
-fn target(server: &Server, digest: &str) -> Target {
+pub fn target(server: &Server, digest: &str) -> Target {
     Target {
         url: format!("{}{}", server.url, Fixture::blob_path(digest)),
         digest: digest.to_owned(),
@@ -162,17 +165,11 @@ fn run_fleet(
     let server =
         servers::with_retries(|| servers::start_pullthrough(rt, binary, &sim.registry_url))?;
     let pid = server.pid().ok_or("pullthrough exited after start-up")?;
-    let targets: Vec<Target> = warm.iter().map(|d| target(&server, d)).collect();
-    // Twice: the second answer comes from wherever the first one put it.
-    let warming = probe::run(&targets, 2);
-    if let Some(e) = warming.errors.first() {
-        return Err(format!("warming: {e}"));
-    }
-    let before = tier_hits(rt, &server)?;
-    let idle = probe::run(&targets, IDLE_ROUNDS);
-    // The last answer may be counted just after its client has read it.
-    std::thread::sleep(Duration::from_millis(100));
-    let after = tier_hits(rt, &server)?;
+    let Warm {
+        targets,
+        idle,
+        idle_hits,
+    } = probe_idle(rt, &server, warm)?;
     let client_rt = clients_runtime()?;
     let idle_anon = procstat::read(pid)?.anon_bytes;
 
@@ -181,7 +178,7 @@ fn run_fleet(
     let prober = probe::Background::start(targets, BURST_ROUNDS, BURST_PAUSE);
     let started = Instant::now();
     let layer_url = target(&server, &sim.put_blob(layer.clone())).url;
-    let results = burst(&client_rt, &layer_url, layer, clients);
+    let results = burst(&client_rt, &[layer_url], layer, clients);
     let elapsed = started.elapsed();
     let burst = prober.finish();
     let peak = sampler.finish();
@@ -196,7 +193,12 @@ fn run_fleet(
             "upstream requests: {}",
             report::summarise(&upstream)
         ));
-        notes.extend(warnings(&server));
+        notes.extend(
+            server
+                .log_warnings(10)
+                .into_iter()
+                .map(|l| format!("pullthrough log: {l}")),
+        );
     }
     Ok(Fleet {
         clients,
@@ -208,16 +210,50 @@ fn run_fleet(
         peak,
         idle,
         burst,
-        idle_hits: (
-            after.0.saturating_sub(before.0),
-            after.1.saturating_sub(before.1),
-        ),
+        idle_hits,
         notes,
     })
 }
 
+/// The warm blobs' targets on `server`, and their idle timings.
+pub struct Warm {
+    pub targets: Vec<Target>,
+    pub idle: Timings,
+    /// `hit-memory` and `hit-disk` answers `server` counted for the idle
+    /// probes, to show each warm blob came from the tier it stands for.
+    pub idle_hits: (u64, u64),
+}
+
+/// Warms `warm` (the memory and the disk blob) on `server`, then probes
+/// them `IDLE_ROUNDS` times while nothing else goes on.
+pub fn probe_idle(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    warm: [&str; 2],
+) -> Result<Warm, String> {
+    let targets: Vec<Target> = warm.iter().map(|d| target(server, d)).collect();
+    // Twice: the second answer comes from wherever the first one put it.
+    let warming = probe::run(&targets, 2);
+    if let Some(e) = warming.errors.first() {
+        return Err(format!("warming: {e}"));
+    }
+    let before = tier_hits(rt, server)?;
+    let idle = probe::run(&targets, IDLE_ROUNDS);
+    // The last answer may be counted just after its client has read it.
+    std::thread::sleep(Duration::from_millis(100));
+    let after = tier_hits(rt, server)?;
+    Ok(Warm {
+        targets,
+        idle,
+        idle_hits: (
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        ),
+    })
+}
+
 /// The runtime the burst's clients run on.
-fn clients_runtime() -> Result<tokio::runtime::Runtime, String> {
+pub fn clients_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CLIENT_THREADS)
         .on_thread_start(lowest_priority)
@@ -240,19 +276,22 @@ fn lowest_priority() {
     }
 }
 
-/// `clients` concurrent GETs of `layer` at `url`, each on its own
-/// connection, each comparing the body with `layer` as it streams in.
-fn burst(
+/// `clients` concurrent GETs of `layer`, each on its own connection, spread
+/// round-robin over `urls` (client `i` asks `urls[i % urls.len()]`), each
+/// comparing the body with `layer` as it streams in. The results are in
+/// the clients' order.
+pub fn burst(
     rt: &tokio::runtime::Runtime,
-    url: &str,
+    urls: &[String],
     layer: &Bytes,
     clients: usize,
 ) -> Vec<Result<u64, String>> {
     let client = http::client();
     rt.block_on(async {
         let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let (client, url, layer) = (client.clone(), url.to_owned(), layer.clone());
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                let (client, layer) = (client.clone(), layer.clone());
                 tokio::spawn(async move {
                     http::get_compared(&client, &url, &layer, CLIENT_TIMEOUT).await
                 })
@@ -269,28 +308,9 @@ fn burst(
     })
 }
 
-/// The warnings and errors in pullthrough's log (at most 10).
-fn warnings(server: &Server) -> Vec<String> {
-    let log = std::fs::read_to_string(server.dir().join("pullthrough.log")).unwrap_or_default();
-    log.lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-        .take(10)
-        .map(|l| format!("pullthrough log: {l}"))
-        .collect()
-}
-
 /// pullthrough's own count of `hit-memory` and `hit-disk` answers so far.
 fn tier_hits(rt: &tokio::runtime::Runtime, server: &Server) -> Result<(u64, u64), String> {
-    let url = format!("{}/metrics", server.url);
-    let text = rt.block_on(async {
-        let response = http::client()
-            .get(&url)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        response.text().await.map_err(|e| format!("GET {url}: {e}"))
-    })?;
+    let text = server.metrics(rt)?;
     let count = |outcome| {
         super::support::metric_sum(&text, "pullthrough_requests_total", &[("outcome", outcome)])
             as u64
@@ -298,7 +318,7 @@ fn tier_hits(rt: &tokio::runtime::Runtime, server: &Server) -> Result<(u64, u64)
     Ok((count("hit-memory"), count("hit-disk")))
 }
 
-fn mib(bytes: u64) -> f64 {
+pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
@@ -318,22 +338,9 @@ fn print(f: &Fleet) {
         f.peak.threads,
         f.peak.samples
     );
-    for (i, (label, hits)) in [("memory", f.idle_hits.0), ("disk", f.idle_hits.1)]
-        .into_iter()
-        .enumerate()
-    {
-        print_latency(label, &f.idle.seconds[i], &f.burst.seconds[i]);
-        if hits != IDLE_ROUNDS as u64 {
-            println!(
-                "      note: pullthrough counted {hits} of the {IDLE_ROUNDS} idle {label} probes as hit-{label}"
-            );
-        }
-    }
+    print_warm(&f.idle, &f.burst, f.idle_hits);
     for note in &f.notes {
         println!("    {note}");
-    }
-    for e in f.idle.errors.iter().chain(&f.burst.errors).take(3) {
-        println!("    warm request error: {e}");
     }
     for e in f.errors.iter().take(5) {
         println!("    client error: {e}");
@@ -355,6 +362,26 @@ fn print_ceiling(c: &ceiling::Ceiling, clients: usize) {
         print_latency(label, &c.idle.seconds[i], &c.burst.seconds[i]);
     }
     for e in c.idle.errors.iter().chain(&c.burst.errors).take(3) {
+        println!("    warm request error: {e}");
+    }
+}
+
+/// Each warm blob's idle and in-burst percentiles and p99 ratio, a note
+/// if a blob was not answered from its tier when idle, and the first
+/// failed warm requests.
+pub fn print_warm(idle: &Timings, burst: &Timings, idle_hits: (u64, u64)) {
+    for (i, (label, hits)) in [("memory", idle_hits.0), ("disk", idle_hits.1)]
+        .into_iter()
+        .enumerate()
+    {
+        print_latency(label, &idle.seconds[i], &burst.seconds[i]);
+        if hits != IDLE_ROUNDS as u64 {
+            println!(
+                "      note: pullthrough counted {hits} of the {IDLE_ROUNDS} idle {label} probes as hit-{label}"
+            );
+        }
+    }
+    for e in idle.errors.iter().chain(&burst.errors).take(3) {
         println!("    warm request error: {e}");
     }
 }

@@ -39,9 +39,38 @@ impl Server {
         self.child.id()
     }
 
+    /// The server's log file (deleted with its temporary directory).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
         tail(&self.log, 15)
+    }
+
+    /// The first `max` warnings and errors in pullthrough's log.
+    pub fn log_warnings(&self, max: usize) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .take(max)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The text of `GET /metrics` (pullthrough's Prometheus exposition).
+    pub fn metrics(&self, rt: &tokio::runtime::Runtime) -> Result<String, String> {
+        let url = format!("{}/metrics", self.url);
+        rt.block_on(async {
+            let response = http::client()
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            response.text().await.map_err(|e| format!("GET {url}: {e}"))
+        })
     }
 
     /// Polls `GET <url><probe>` until it answers 200, failing early if the
@@ -131,8 +160,21 @@ pub fn start_pullthrough_with(
     extra: &[String],
     env: &[(&str, &str)],
 ) -> Result<Server, String> {
+    start_pullthrough_on(rt, binary, upstream, name, free_port()?, extra, env)
+}
+
+/// [`start_pullthrough_with`] on loopback `port`, chosen beforehand (the
+/// replicas of a fleet are each told the others' ports before they start).
+pub fn start_pullthrough_on(
+    rt: &tokio::runtime::Runtime,
+    binary: &Path,
+    upstream: &str,
+    name: &'static str,
+    port: u16,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Result<Server, String> {
     let dir = temp_dir("bench-pullthrough-")?;
-    let port = free_port()?;
     let log = dir.path().join("pullthrough.log");
     let mut command = Command::new(binary);
     if env.iter().any(|(k, _)| k.starts_with("AWS_")) {
