@@ -178,6 +178,42 @@ async fn an_upstream_429_pauses_counted_pulls_for_its_retry_after() {
 }
 
 #[tokio::test]
+async fn a_lone_client_is_never_refused_while_the_budget_lasts() {
+    let sim = HubSim::start_with(SimOptions {
+        rate_limit: Some(3),
+        ..SimOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let default_share = pullthrough::config::Config::default()
+        .budget
+        .client_share_percent;
+    assert_eq!(default_share, 50, "fair share is on by default");
+    let proxy = proxy(&sim, dir.path(), |c| {
+        c.budget.client_share_percent = default_share;
+    })
+    .await;
+    for i in 0..4 {
+        push(&sim, &format!("library/lone{i}"), 40 + i);
+    }
+    let node = Client::new(&proxy.url);
+    // Past its share of 2, with one pull left and nobody else asking: served.
+    for i in 0..3 {
+        node.pull(&format!("library/lone{i}"), "1").await;
+    }
+    assert_eq!(sim.rate_limit_remaining(SOURCE), 0);
+    let spent = node.manifest("library/lone3", "1").await;
+    assert_eq!(spent.status, 429, "the budget itself is spent");
+    let message = String::from_utf8_lossy(&spent.body).to_string();
+    assert!(!message.contains("fair share"), "{message}");
+    let refusals = proxy.metric(
+        "pullthrough_fair_share_refusals_total",
+        &[("upstream", "docker.io")],
+    );
+    assert_eq!(refusals, 0.0);
+}
+
+#[tokio::test]
 async fn one_client_spending_its_share_does_not_stop_another() {
     let sim = HubSim::start_with(SimOptions {
         rate_limit: Some(10),
@@ -185,27 +221,30 @@ async fn one_client_spending_its_share_does_not_stop_another() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = proxy(&sim, dir.path(), |c| c.budget.client_share_percent = 30).await;
-    assert_eq!(
-        pullthrough::config::Config::default()
-            .budget
-            .client_share_percent,
-        50,
-        "fair share is on by default"
-    );
+    let proxy = proxy(&sim, dir.path(), |c| {
+        c.budget.client_share_percent = 40;
+        c.budget.reserve_percent = 30;
+    })
+    .await;
     let address = |ip: &str| Some(ip.parse::<IpAddr>().unwrap());
     let ci_job = Client::from_address(&proxy.url, address("127.0.0.2"));
     let node = Client::from_address(&proxy.url, address("127.0.0.3"));
-    for i in 0..5 {
+    for i in 0..8 {
         push(&sim, &format!("library/img{i}"), i);
     }
     for i in 0..3 {
+        node.pull(&format!("library/img{i}"), "1").await;
+    }
+    // Its share of 4 spent while plenty is left, the job pulls on; once
+    // the budget is at its reserve with the node pulling, it is refused.
+    for i in 3..7 {
         ci_job.pull(&format!("library/img{i}"), "1").await;
     }
-    let refused = ci_job.manifest("library/img3", "1").await;
+    assert_eq!(sim.rate_limit_remaining(SOURCE), 3, "at the reserve");
+    let refused = ci_job.manifest("library/img7", "1").await;
     assert_eq!(
         refused.status, 429,
-        "a fourth pull is over a 30% share of 10"
+        "a fifth pull is over a 40% share of 10"
     );
     assert!(refused.header("retry-after").parse::<u64>().unwrap() > 0);
     let message = String::from_utf8_lossy(&refused.body).to_string();
@@ -213,11 +252,9 @@ async fn one_client_spending_its_share_does_not_stop_another() {
         message.contains("127.0.0.2 has spent its fair share"),
         "{message}"
     );
-    assert!(message.contains("(3 per 6h)"), "{message}");
+    assert!(message.contains("(4 per 6h)"), "{message}");
 
-    node.pull("library/img3", "1").await;
-    node.pull("library/img4", "1").await;
-    ci_job.pull("library/img4", "1").await;
+    node.pull("library/img7", "1").await;
     ci_job.pull("library/img0", "1").await;
     assert_eq!(
         proxy.metric(

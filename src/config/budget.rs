@@ -13,7 +13,8 @@ pub struct BudgetConfig {
     /// longer revalidated and pulls go only to content never seen before.
     pub reserve_percent: u8,
     /// The most one client may spend of an upstream's limit within its
-    /// window, in percent; 0 turns fair share off.
+    /// window while other clients want the budget, in percent; 0 turns
+    /// fair share off.
     pub client_share_percent: u8,
     /// How long counted pulls pause after a 429 that named no
     /// `Retry-After`, or after upstream said none are left.

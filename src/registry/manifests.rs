@@ -199,10 +199,16 @@ impl Registry {
                 {
                     return answer;
                 }
-                let manifest = upstream
+                let fetched = upstream
                     .get_manifest(&repo, digest.as_str(), ALL_MANIFEST_TYPES)
-                    .await
-                    .map_err(not_found(digest.as_str()))?;
+                    .await;
+                if fetched
+                    .as_ref()
+                    .is_err_and(|e| e.kind == ErrorKind::RateLimited)
+                {
+                    this.inner.shares.refused(&upstream, &caller.client);
+                }
+                let manifest = fetched.map_err(not_found(digest.as_str()))?;
                 this.inner.shares.charge(&upstream, &caller.client);
                 let (media_type, body) = (manifest.media_type, manifest.body);
                 let verified =
