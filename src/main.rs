@@ -257,7 +257,7 @@ async fn serve_until_signal(config: &Config) -> Result<(), Box<dyn std::error::E
     let listener = server::bind(config)?;
     let starting = server::serve_while_starting(&listener, &listening)?;
     let state = server::build_state(config).await?;
-    starting.finish().await;
+    starting.finish(pullthrough::api::router(state.clone()));
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = listening.is_tls(),

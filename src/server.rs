@@ -100,17 +100,23 @@ pub fn bind(config: &Config) -> Result<TcpListener, StartError> {
     listening().map_err(|source| StartError::Listen { addr, source })
 }
 
-/// Health checks answered while the state is being built; see
-/// [`serve_while_starting`].
+/// Health checks answered, and requests held, while the state is being
+/// built; see [`serve_while_starting`].
 pub struct Starting {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    ready: tokio::sync::watch::Sender<Option<axum::Router>>,
 }
+
+/// How long connections accepted while starting may run on once the
+/// replica serves: their requests are the API's by then, blob downloads
+/// included.
+const STARTED_DRAIN: Duration = Duration::from_secs(600);
 
 /// Answers `/healthz` (alive) and `/readyz` (503, starting) on a second
 /// handle of `listener`, with the same TLS and limits as the API, until
 /// [`Starting::finish`], so a load balancer sees a starting replica as
-/// alive but not ready rather than as dead.
+/// alive but not ready rather than as dead; any other request is held
+/// until the API can answer it (see [`starting_router`]).
 pub fn serve_while_starting(
     listener: &TcpListener,
     listening: &Listening,
@@ -122,28 +128,21 @@ pub fn serve_while_starting(
     let stop = CancellationToken::new();
     let listening = listening.clone();
     let stopped = stop.clone();
-    let serve = async move {
-        listen::serve(
-            copy,
-            starting_router(),
-            &listening,
-            stopped,
-            Duration::from_secs(1),
-        )
-        .await;
-    };
-    Ok(Starting {
-        stop,
-        task: tokio::spawn(serve),
-    })
+    let (ready, waiting) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let app = starting_router(waiting);
+        listen::serve(copy, app, &listening, stopped, STARTED_DRAIN).await;
+    });
+    Ok(Starting { stop, ready })
 }
 
 impl Starting {
-    /// Stops answering; health checks in flight finish first, for at most
-    /// a second (the listener itself stays open for the API).
-    pub async fn finish(self) {
+    /// Hands the held requests, and any still to come on connections
+    /// accepted while starting, to `api`, and stops accepting on the second
+    /// handle (the listener itself stays open for the API).
+    pub fn finish(self, api: axum::Router) {
+        self.ready.send_replace(Some(api));
         self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
     }
 }
 

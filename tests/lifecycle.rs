@@ -166,3 +166,71 @@ async fn sigterm_refuses_new_connections_drains_within_its_bound_and_leaves_no_t
         .collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_while_the_replica_starts_wait_for_it_and_are_served() {
+    let sim = HubSim::start().await;
+    sim.push_image("library/early", "1", &[random_bytes(1000, 60)]);
+    // An S3 endpoint that accepts connections and never answers: the
+    // bucket check holds start-up for its 3 s timeout, after which the
+    // replica starts degraded.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pullthrough.toml");
+    std::fs::write(&config, "[s3]\ntimeout = \"3s\"\n").unwrap();
+    let flags = [
+        "--config",
+        config.to_str().unwrap(),
+        "--s3-bucket",
+        "slow",
+        "--s3-endpoint",
+        &endpoint,
+    ];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "k"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (mut command, port) =
+        support::process::serve_command(&sim.registry_url, &dir.path().join("data"), &flags, &env);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut starting = false;
+    for _ in 0..200 {
+        if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
+            let body: serde_json::Value = response.json().await.unwrap();
+            starting = body["reason"] == "starting";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        starting,
+        "the replica answers /readyz with `starting` first"
+    );
+
+    let asked = Instant::now();
+    let client = Client::new(&base);
+    let (base_check, manifest) = tokio::join!(client.get("/v2/"), client.manifest("early", "1"));
+    assert_eq!(base_check.status, 200, "no 503 while starting");
+    assert_eq!(manifest.status, 200, "{:?}", manifest.body);
+    assert!(
+        asked.elapsed() > Duration::from_millis(500),
+        "held until the replica served"
+    );
+    let (status, body) = get_json(&format!("{base}/readyz")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    let _ = child.kill();
+    let _ = child.wait();
+    held.abort();
+}

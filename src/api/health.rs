@@ -10,11 +10,12 @@
 //! Both answer JSON with the reason.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
+use tokio::sync::watch;
+use tower::ServiceExt;
 
 use super::{ApiError, AppState};
 
@@ -49,30 +50,53 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     json_response(status, body)
 }
 
-/// What the listener serves while the state is being built (opening the
-/// cache, checking the S3 bucket): alive, not ready, and 503 for the
-/// registry API, so nothing waits on a replica that cannot answer yet.
-pub fn starting_router() -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { json_response(StatusCode::OK, json!({ "status": "starting" })) }),
-        )
-        .route(
-            "/readyz",
-            get(|| async {
+/// How long a request that arrives while the replica starts waits for it
+/// before it gets 503: a mirror's 503 sends containerd and dockerd to
+/// Docker Hub, so a request is held rather than refused while the state is
+/// built (the cache opened, the S3 bucket checked), which takes a moment.
+pub const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the listener serves while the state is being built: alive, not
+/// ready (so load balancers hold new traffic back), and every other
+/// request held until `ready` carries the API's router, which then answers
+/// it, or 503 after `STARTUP_WAIT`. Once ready, everything goes to the
+/// API's router, health checks included.
+pub fn starting_router(ready: watch::Receiver<Option<Router>>) -> Router {
+    Router::new().fallback(starting).with_state(ready)
+}
+
+async fn starting(
+    State(ready): State<watch::Receiver<Option<Router>>>,
+    request: Request,
+) -> Response {
+    let serving = ready.borrow().clone();
+    let router = match serving {
+        Some(router) => router,
+        None => match request.uri().path() {
+            "/healthz" => return json_response(StatusCode::OK, json!({ "status": "starting" })),
+            "/readyz" => {
                 let body = json!({ "status": "not ready", "reason": "starting" });
-                json_response(StatusCode::SERVICE_UNAVAILABLE, body)
-            }),
-        )
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                "pullthrough is starting",
-            )
-            .into_response()
-        })
+                return json_response(StatusCode::SERVICE_UNAVAILABLE, body);
+            }
+            _ => {
+                let mut ready = ready.clone();
+                let built = tokio::time::timeout(STARTUP_WAIT, ready.wait_for(Option::is_some));
+                match built.await {
+                    Ok(Ok(router)) => router.clone().expect("waited for it"),
+                    _ => {
+                        let message = "pullthrough is starting";
+                        let error =
+                            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message);
+                        return error.into_response();
+                    }
+                }
+            }
+        },
+    };
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
@@ -102,16 +126,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_starting_replica_is_alive_but_not_ready() {
-        let (status, body) = get_json(starting_router(), "/healthz").await;
+    async fn a_starting_replica_is_alive_but_not_ready_and_holds_requests_until_it_is() {
+        let (built, ready) = watch::channel(None);
+        let starting = starting_router(ready);
+        let (status, body) = get_json(starting.clone(), "/healthz").await;
         assert_eq!(
             (status, body["status"].as_str()),
             (StatusCode::OK, Some("starting"))
         );
-        let (status, body) = get_json(starting_router(), "/readyz").await;
+        let (status, body) = get_json(starting.clone(), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["reason"], "starting");
-        let (status, body) = get_json(starting_router(), "/v2/library/alpine/manifests/3").await;
+        let held = tokio::spawn(get_json(starting.clone(), "/v2/library/alpine/manifests/3"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !held.is_finished(),
+            "a request waits for the replica to start"
+        );
+        let api = Router::new()
+            .fallback(|| async { json_response(StatusCode::OK, json!({ "api": true })) });
+        built.send_replace(Some(api));
+        let (status, body) = held.await.unwrap();
+        assert_eq!(
+            (status, body["api"].as_bool()),
+            (StatusCode::OK, Some(true))
+        );
+        let (status, body) = get_json(starting, "/readyz").await;
+        assert_eq!(
+            (status, body["api"].as_bool()),
+            (StatusCode::OK, Some(true)),
+            "then everything is the API's"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_held_past_the_wait_gets_503() {
+        let (_built, ready) = watch::channel(None);
+        let (status, body) = get_json(starting_router(ready), "/v2/").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
     }
