@@ -156,6 +156,9 @@ pub struct CacheCollectors {
     pub evictions: IntCounterVec,
     /// Bytes of the objects evicted.
     pub evicted_bytes: IntCounterVec,
+    /// Held objects evicted all the same: the tier was over its cap and
+    /// nothing unheld was left.
+    pub holds_broken: IntCounterVec,
 }
 
 impl CacheCollectors {
@@ -189,6 +192,12 @@ impl CacheCollectors {
                 registry,
                 "pullthrough_cache_evicted_bytes_total",
                 "Bytes of the objects evicted from each cache tier.",
+                &["tier"],
+            ),
+            holds_broken: counter(
+                registry,
+                "pullthrough_cache_holds_broken_total",
+                "Objects evicted although an image being pulled held them: the tier was over its cap and nothing else was left to evict.",
                 &["tier"],
             ),
         }

@@ -110,12 +110,16 @@ async fn a_stream_of_images_keeps_the_cap_pins_and_the_pull_in_progress() {
         .unwrap();
     assert_eq!(first.body_digest(), rollout.layer_digests[0]);
 
-    for image in &flood {
-        client.pull(&image.repo, &image.manifest_digest).await;
+    // Twice the cap goes through, in batches a hold apart: what the last
+    // batch holds, with the pin and the rollout, stays under the cap, so
+    // only the earlier batches' objects are evicted (holds yield only to
+    // the cap itself, see `holds_yield_only_to_the_cap` below).
+    for batch in flood.chunks(4) {
+        for image in batch {
+            client.pull(&image.repo, &image.manifest_digest).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    // Twice the cap went through. Once the flood's holds ran out, the
-    // next stores start passes, which evict down to the low watermark.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let last = push(&sim, "library/last", 999);
     client.pull(&last.repo, &last.manifest_digest).await;
     let disk = settled(&proxy).await;
@@ -198,4 +202,63 @@ async fn the_gauges_count_what_each_tier_holds() {
 /// The size of a blob, as the mirror serves it.
 async fn blob_size(client: &Client, repo: &str, digest: &str) -> u64 {
     client.blob(repo, digest).await.unwrap().body.len() as u64
+}
+
+/// Bytes of the object files under the disk tier, as `du` would count them.
+fn bytes_on_disk(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_on_disk(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_yield_only_to_the_cap() {
+    let sim = HubSim::start().await;
+    // Six new images of 1.5 MiB each, pulled one after another by tag, all
+    // within their tag TTL and pull hold: together more than twice the cap.
+    let images: Vec<SimImage> = (0..6)
+        .map(|n| {
+            let layers: Vec<Bytes> = (0..2)
+                .map(|l| random_bytes(768 * 1024, 500 + n * 10 + l))
+                .collect();
+            sim.push_image(&format!("library/burst{n}"), "v1", &layers)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut config = small_cache(&sim, &data_dir);
+    config.tag_ttl = Duration::from_secs(3600);
+    config.disk.pull_hold = pullthrough::config::DiskConfig::default().pull_hold;
+    let proxy = Proxy::start(config).await;
+    proxy.disk_counted().await;
+    support::wait_until_async(async || proxy.disk().await.limits.cap == CAP).await;
+    let client = Client::new(&proxy.url);
+    let objects = data_dir.join("cache");
+    for image in &images {
+        client.pull(&image.repo, "v1").await;
+        let counted = proxy.disk().await.bytes;
+        let files =
+            bytes_on_disk(&objects.join("blobs")) + bytes_on_disk(&objects.join("manifests"));
+        assert!(
+            counted <= CAP,
+            "{counted} bytes counted after {}",
+            image.repo
+        );
+        assert!(files <= CAP, "{files} bytes of files after {}", image.repo);
+    }
+    let broken = proxy.metric("pullthrough_cache_holds_broken_total", &[("tier", "disk")]);
+    assert!(broken > 0.0, "holds had to yield");
+    // The newest image is still warm: pulled again with no upstream bytes.
+    let before = sim.counters();
+    let newest = images.last().unwrap();
+    client.pull(&newest.repo, "v1").await;
+    let after = sim.counters();
+    assert_eq!(after.cdn_gets, before.cdn_gets, "the newest image is warm");
 }

@@ -234,6 +234,11 @@ impl DiskTier {
             write_synced(&temp, media_type.as_bytes())?;
             replace(&temp.path, &media_type_path(&target))?;
         }
+        let media_type = object.meta().media_type.as_ref();
+        let on_disk = object.meta().size + media_type.map_or(0, |t| t.len() as u64);
+        if !matches!(object.payload(), Payload::Cached(_)) {
+            evictor.make_room(on_disk);
+        }
         match object.payload() {
             Payload::Bytes(bytes) => {
                 let temp = create_temp_in(tmp)?;
@@ -252,8 +257,6 @@ impl DiskTier {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error(format!("syncing {}", dir.display())))?;
-        let media_type = object.meta().media_type.as_ref();
-        let on_disk = object.meta().size + media_type.map_or(0, |t| t.len() as u64);
         evictor.stored(object.key(), on_disk);
         Ok(())
     }

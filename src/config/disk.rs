@@ -30,7 +30,9 @@ pub struct DiskConfig {
     pub max_tag_records: u64,
     /// How long serving a manifest keeps it and everything it references
     /// from eviction (at least the tag's TTL when asked by tag): the time
-    /// a rollout has to fetch the layers.
+    /// a rollout has to fetch the layers. 15 minutes by default: a rolling
+    /// deployment's waves, each waiting on health checks, fit with room to
+    /// spare. Holds yield to the cap when nothing else is left to evict.
     #[serde(with = "humantime_serde")]
     pub pull_hold: Duration,
 }

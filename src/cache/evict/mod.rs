@@ -11,13 +11,18 @@
 //!   hour: after a restart, LRU order is right to the hour.
 //! - **Never evicted:** a file someone is reading (the tier shares one
 //!   open file per object, and a hit holds it until its last byte is
-//!   sent; temporary files of downloads are not in the index at all), a
-//!   pinned digest (`pins`), and a *held* digest: serving a manifest
-//!   holds it and everything it references for a while (at least its
-//!   tag's TTL when served by tag), so the blobs of an image being pulled
-//!   stay until the pull is done.
+//!   sent; temporary files of downloads are not in the index at all) and
+//!   a pinned digest (`pins`).
+//! - **Evicted last:** a *held* digest. Serving a manifest holds it and
+//!   everything it references for a while (at least its tag's TTL when
+//!   served by tag), so the blobs of an image being pulled stay until the
+//!   pull is done. A hold protects a rollout, but never past the cap:
+//!   when nothing unheld is left, the least recently used held objects go
+//!   too, with a WARN and `pullthrough_cache_holds_broken_total`.
 //! - **Evicting** happens on one dedicated thread, woken when a store
-//!   passes the high watermark and every 30 s (others may fill the disk).
+//!   passes the high watermark and every 30 s (others may fill the disk);
+//!   a store that would take the tier past its cap first makes room
+//!   itself, so the cap is checked before a store, not only after.
 //!   A chosen object leaves the count once its file is unlinked; by then
 //!   no reader has it open (that would have kept it), and a store of it
 //!   meanwhile keeps it counted once.
@@ -77,8 +82,9 @@ struct Shared {
     expanded: Mutex<HashMap<Digest, u64>>,
     /// Whether the start-up walk has counted every file.
     loaded: AtomicBool,
-    /// The high watermark in bytes, as of the last pass.
+    /// The high watermark and the cap in bytes, as of the last pass.
     high: AtomicU64,
+    cap: AtomicU64,
     wake: Arc<Wake>,
     metrics: Metrics,
 }
@@ -114,6 +120,7 @@ impl Evictor {
             expanded: Mutex::default(),
             loaded: AtomicBool::new(false),
             high: AtomicU64::new(u64::MAX),
+            cap: AtomicU64::new(u64::MAX),
             wake: Arc::default(),
             metrics,
         });
@@ -122,6 +129,20 @@ impl Evictor {
             .name("pullthrough-evict".into())
             .spawn(move || run(weak, wake))?;
         Ok(Evictor { shared })
+    }
+
+    /// Before `size` more bytes are stored: when they would take the tier
+    /// past its cap, evicts enough first (on the caller's thread, a file
+    /// pool job) to bring it back to the low watermark with them.
+    pub fn make_room(&self, size: u64) {
+        let over = {
+            let index = self.shared.lock_index();
+            let cap = self.shared.cap.load(Ordering::Relaxed);
+            index.bytes().saturating_add(size) > cap
+        };
+        if over {
+            self.shared.pass_with(size);
+        }
     }
 
     /// Counts a stored object of `size` bytes on disk, and wakes the
@@ -289,6 +310,11 @@ impl Shared {
     /// Checks the bounds and evicts down to the low watermark if the high
     /// one is passed.
     fn pass(&self) -> Evicted {
+        self.pass_with(0)
+    }
+
+    /// As [`Shared::pass`], counting `incoming` bytes about to be stored.
+    fn pass_with(&self, incoming: u64) -> Evicted {
         let mut evicted = Evicted::default();
         if !self.loaded.load(Ordering::Acquire) {
             return evicted;
@@ -298,12 +324,13 @@ impl Shared {
             let mut index = self.lock_index();
             let limits = self.bounds.limits(index.bytes(), fs);
             self.high.store(limits.high, Ordering::Relaxed);
+            self.cap.store(limits.cap, Ordering::Relaxed);
             self.metrics
                 .cache
                 .capacity
                 .with_label_values(&["disk"])
                 .set(limits.cap.min(i64::MAX as u64) as i64);
-            let need = limits.excess(index.bytes());
+            let need = limits.excess(index.bytes().saturating_add(incoming));
             if need == 0 {
                 return evicted;
             }
@@ -314,9 +341,31 @@ impl Shared {
             let mut expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
             expanded.retain(|_, until| *until > now);
             drop(expanded);
-            let chosen = index.choose(need, |key| {
+            let mut chosen = index.choose(need, |key| {
                 pins.covers(&key.digest) || holds.contains_key(&key.digest)
             });
+            let freed: u64 = chosen.iter().map(|(_, size)| size).sum();
+            // Over the cap with nothing unheld left: holds yield.
+            let over_cap =
+                index.bytes().saturating_add(incoming).saturating_sub(freed) > limits.cap;
+            if freed < need && over_cap {
+                let broken = index.choose(need - freed, |key| pins.covers(&key.digest));
+                if !broken.is_empty() {
+                    let bytes: u64 = broken.iter().map(|(_, size)| size).sum();
+                    tracing::warn!(
+                        objects = broken.len(),
+                        bytes,
+                        cap = limits.cap,
+                        "the disk tier is over its cap with only held objects left: evicting the least recently used of them"
+                    );
+                    self.metrics
+                        .cache
+                        .holds_broken
+                        .with_label_values(&["disk"])
+                        .inc_by(broken.len() as u64);
+                }
+                chosen.extend(broken);
+            }
             self.publish(&index);
             chosen
         };

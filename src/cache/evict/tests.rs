@@ -127,3 +127,41 @@ async fn a_reopened_tier_counts_what_the_last_one_held() {
     let after = reopened.evictor().usage();
     assert_eq!((after.bytes, after.objects), (before.bytes, before.objects));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn holds_yield_at_the_cap_and_a_store_makes_room_before_it_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let config = DiskConfig {
+        max_bytes: Some(ByteSize::b(1000)),
+        max_percent: 100,
+        pull_hold: Duration::from_secs(60),
+        ..DiskConfig::default()
+    };
+    let tier = DiskTier::open_bounded(dir.path(), Bounds::new(&config), metrics.clone()).unwrap();
+    settle(|| tier.evictor().usage().loaded).await;
+    settle(|| tier.evictor().usage().limits.cap == 1000).await;
+    let mut keys = Vec::new();
+    for seed in 1..=6 {
+        // Every object is held, as the images of a burst of new pulls are.
+        let key = store(&tier, seed).await;
+        tier.evictor().hold([&key.digest], u64::MAX);
+        keys.push(key);
+        let bytes = tier.evictor().usage().bytes;
+        assert!(
+            bytes <= 1000,
+            "{bytes} bytes after store {seed}: never past the cap"
+        );
+    }
+    assert!(on_disk(dir.path(), &keys[5]), "the newest stays");
+    assert!(
+        !on_disk(dir.path(), &keys[0]),
+        "the least recently used held one went"
+    );
+    let broken = metrics
+        .cache
+        .holds_broken
+        .with_label_values(&["disk"])
+        .get();
+    assert!(broken >= 3, "{broken} holds broken");
+}
