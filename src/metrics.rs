@@ -159,6 +159,8 @@ pub struct CacheCollectors {
     /// Held objects evicted all the same: the tier was over its cap and
     /// nothing unheld was left.
     pub holds_broken: IntCounterVec,
+    /// Objects found damaged (not matching their digest) and deleted.
+    pub corrupt: IntCounterVec,
 }
 
 impl CacheCollectors {
@@ -198,6 +200,12 @@ impl CacheCollectors {
                 registry,
                 "pullthrough_cache_holds_broken_total",
                 "Objects evicted although an image being pulled held them: the tier was over its cap and nothing else was left to evict.",
+                &["tier"],
+            ),
+            corrupt: counter(
+                registry,
+                "pullthrough_cache_corrupt_total",
+                "Objects found damaged in a cache tier (their bytes do not match their digest, or are short) and deleted; the request fetched a good copy.",
                 &["tier"],
             ),
         }

@@ -10,6 +10,10 @@
 //! Every store and hit is reported to the tier's [`Evictor`], which keeps
 //! the tier within its bounds. Readers of one object share one open file,
 //! which marks the object in use for as long as any of them reads.
+//!
+//! A file is served only as verified (see `verify`): one this process
+//! did not store or has not hashed since, or that changed since, is hashed
+//! first, and a damaged one is deleted and is a miss.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,6 +24,7 @@ use std::time::SystemTime;
 
 use super::evict::{Bounds, Evictor};
 use super::probe::DiskProbe;
+use super::verify::{Fingerprint, Verifications};
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
     blocking,
@@ -35,6 +40,8 @@ pub struct DiskTier {
     tmp: PathBuf,
     evictor: Evictor,
     probe: DiskProbe,
+    verified: Verifications,
+    metrics: Metrics,
 }
 
 /// Numbers temporary files uniquely within this process.
@@ -101,7 +108,7 @@ impl DiskTier {
             fs::remove_dir_all(&tmp).map_err(io_error(format!("clearing {}", tmp.display())))?;
         }
         fs::create_dir_all(&tmp).map_err(io_error(format!("creating {}", tmp.display())))?;
-        let evictor = Evictor::start(root, bounds, metrics).map_err(io_error(format!(
+        let evictor = Evictor::start(root, bounds, metrics.clone()).map_err(io_error(format!(
             "starting the accounting of {}",
             root.display()
         )))?;
@@ -110,6 +117,8 @@ impl DiskTier {
             probe: DiskProbe::new(tmp.clone()),
             tmp,
             evictor,
+            verified: Verifications::default(),
+            metrics,
         })
     }
 
@@ -163,11 +172,13 @@ impl DiskTier {
         .await
     }
 
+    /// The object's file, as it is, with its fingerprint: not yet known
+    /// to be good (see `verify`).
     fn lookup_blocking(
         root: &Path,
         evictor: &Evictor,
         key: &ObjectKey,
-    ) -> Result<Option<Object>, CacheError> {
+    ) -> Result<Option<(Object, Fingerprint)>, CacheError> {
         let path = root.join(super::object_path(key));
         let file = match evictor.open_file(key) {
             Some(file) => file,
@@ -180,10 +191,10 @@ impl DiskTier {
                 Err(e) => return Err(io_error(format!("opening {}", path.display()))(e)),
             },
         };
-        let size = file
+        let meta = file
             .metadata()
-            .map_err(io_error(format!("reading {}", path.display())))?
-            .len();
+            .map_err(io_error(format!("reading {}", path.display())))?;
+        let (size, print) = (meta.len(), Fingerprint::of(&meta));
         let media_type = match key.kind {
             ObjectKind::Blob => None,
             ObjectKind::Manifest => Some(fs::read_to_string(media_type_path(&path)).map_err(
@@ -196,10 +207,38 @@ impl DiskTier {
             let _ = file.set_modified(SystemTime::now());
         }
         let meta = ObjectMeta { size, media_type };
-        Ok(Some(Object {
+        let object = Object {
             meta,
             content: Content::File(file),
-        }))
+        };
+        Ok(Some((object, print)))
+    }
+
+    /// Deletes a damaged object's files and forgets it; counted and logged.
+    async fn discard_damaged(&self, key: &ObjectKey) {
+        tracing::warn!(digest = %key.digest, "a file in the disk tier does not match its digest: deleted, fetching a good copy");
+        self.metrics
+            .cache
+            .corrupt
+            .with_label_values(&["disk"])
+            .inc();
+        self.verified.forget(key);
+        let (root, evictor, key) = (self.root.clone(), self.evictor.clone(), key.clone());
+        let removed = on_pool(move || {
+            let path = root.join(super::object_path(&key));
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error(format!("deleting {}", path.display()))(e));
+                }
+                _ => {}
+            }
+            evictor.forget(&key);
+            Ok(())
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "could not delete a damaged object");
+        }
     }
 }
 
@@ -223,6 +262,7 @@ impl DiskTier {
         root: &Path,
         tmp: &Path,
         evictor: &Evictor,
+        verified: &Verifications,
         object: &Verified,
     ) -> Result<(), CacheError> {
         let target = root.join(super::object_path(object.key()));
@@ -257,6 +297,14 @@ impl DiskTier {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error(format!("syncing {}", dir.display())))?;
+        // The file as linked (linking moves its ctime) holds verified
+        // bytes, unless a racing writer's file got the name: that one is
+        // checked on its first lookup.
+        if let Ok(meta) = fs::metadata(&target)
+            && meta.len() == object.meta().size
+        {
+            verified.trust(object.key(), Fingerprint::of(&meta));
+        }
         evictor.stored(object.key(), on_disk);
         Ok(())
     }
@@ -296,14 +344,25 @@ impl Tier for DiskTier {
     }
 
     async fn lookup(&self, key: &ObjectKey) -> Result<Option<Object>, CacheError> {
-        let (root, evictor, key) = (self.root.clone(), self.evictor.clone(), key.clone());
-        on_pool(move || DiskTier::lookup_blocking(&root, &evictor, &key)).await
+        let (root, evictor, owned) = (self.root.clone(), self.evictor.clone(), key.clone());
+        let found = on_pool(move || DiskTier::lookup_blocking(&root, &evictor, &owned)).await?;
+        let Some((object, print)) = found else {
+            return Ok(None);
+        };
+        let Content::File(file) = &object.content else {
+            return Ok(Some(object));
+        };
+        if self.verified.check(key, file.clone(), print).await {
+            return Ok(Some(object));
+        }
+        self.discard_damaged(key).await;
+        Ok(None)
     }
 
     async fn store(&self, object: &Verified) -> Result<(), CacheError> {
         let (root, tmp, object) = (self.root.clone(), self.tmp.clone(), object.clone());
-        let evictor = self.evictor.clone();
-        on_pool(move || DiskTier::store_blocking(&root, &tmp, &evictor, &object)).await
+        let (evictor, verified) = (self.evictor.clone(), self.verified.clone());
+        on_pool(move || DiskTier::store_blocking(&root, &tmp, &evictor, &verified, &object)).await
     }
 }
 

@@ -18,6 +18,7 @@ mod read;
 mod relay;
 mod s3;
 mod tiered;
+mod verify;
 mod view;
 mod writer;
 

@@ -1,0 +1,115 @@
+//! Damage on disk heals and is never served as good: a cached layer whose
+//! file was altered or cut short, while the replica runs or before it
+//! restarts, is found when it is next asked for, deleted, and fetched
+//! again in the same request; the pull after that is a hit.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use support::client::Client;
+use support::hubsim::HubSim;
+use support::proxy::{self, Proxy};
+use support::random_bytes;
+
+/// A replica without a memory tier, so every hit is a disk hit.
+async fn replica(sim: &HubSim, data_dir: &Path) -> Proxy {
+    let mut config = proxy::config(&sim.registry_url, data_dir);
+    config.memory.max_bytes = ByteSize::b(0);
+    Proxy::start(config).await
+}
+
+fn blob_file(data_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    data_dir
+        .join("cache/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Damages the file: four bytes overwritten in the middle, or cut short.
+fn damage(path: &Path, truncate: bool) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    if truncate {
+        file.set_len(1_000_000).unwrap();
+    } else {
+        let middle = file.metadata().unwrap().len() / 2;
+        file.write_all_at(b"\0bad", middle).unwrap();
+    }
+}
+
+/// GETs the layer and checks it whole; the number of upstream downloads
+/// it took.
+async fn get_layer(sim: &HubSim, proxy: &Proxy, digest: &str, layer: &[u8]) -> u64 {
+    let before = sim.counters().cdn_gets;
+    let answer = Client::new(&proxy.url)
+        .blob("library/damaged", digest)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == layer, "the whole layer, right");
+    sim.counters().cdn_gets - before
+}
+
+/// Waits until no download runs: the layer is stored, and its download's
+/// own view of the file (which a damage would reach too) is gone.
+async fn settled(proxy: &Proxy) {
+    support::wait_until(|| proxy.metric("pullthrough_downloads_active", &[]) == 0.0).await;
+}
+
+async fn heals(truncate: bool, restart: bool) {
+    let sim = HubSim::start().await;
+    let layer = random_bytes(8 << 20, 90 + u64::from(truncate));
+    let image = sim.push_image("library/damaged", "1", std::slice::from_ref(&layer));
+    let digest = &image.layer_digests[0];
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = replica(&sim, dir.path()).await;
+    assert_eq!(get_layer(&sim, &proxy, digest, &layer).await, 1, "cold");
+    assert_eq!(get_layer(&sim, &proxy, digest, &layer).await, 0, "warm");
+
+    let file = blob_file(dir.path(), digest);
+    settled(&proxy).await;
+    damage(&file, truncate);
+    if restart {
+        proxy.stop().await;
+        proxy = replica(&sim, dir.path()).await;
+        proxy.disk_counted().await;
+    }
+    assert_eq!(
+        get_layer(&sim, &proxy, digest, &layer).await,
+        1,
+        "found, and fetched again"
+    );
+    let corrupt = proxy.metric("pullthrough_cache_corrupt_total", &[("tier", "disk")]);
+    assert_eq!(corrupt, 1.0);
+    settled(&proxy).await;
+    assert_eq!(
+        get_layer(&sim, &proxy, digest, &layer).await,
+        0,
+        "healed: a hit"
+    );
+    let healed = std::fs::read(&file).unwrap();
+    assert!(healed == layer, "the file on disk is whole again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_file_is_found_while_the_replica_runs() {
+    heals(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_file_is_found_while_the_replica_runs() {
+    heals(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_file_is_found_after_a_restart() {
+    heals(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_file_is_found_after_a_restart() {
+    heals(true, true).await;
+}
