@@ -339,19 +339,7 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobDownload, UpstreamError> {
-        let path = format!("/v2/{repo}/blobs/{digest}");
-        let (response, slot) = self
-            .fetch(Ask {
-                method: Method::GET,
-                path: &path,
-                repo,
-                accept: "",
-                kind: "blob_get",
-                bounded: false,
-                range_from: None,
-            })
-            .await?;
-        Ok(self.resumable_body(repo, path, response, slot))
+        self.blob_from(repo, digest, resume::Start::Whole).await
     }
 
     /// HEADs a blob for its size, following redirects like [`Self::get_blob`].

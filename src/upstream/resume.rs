@@ -18,7 +18,6 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use http::{Method, StatusCode, header};
 use prometheus::IntCounter;
-use reqwest::Response;
 
 use super::error::{ErrorKind, UpstreamError};
 use super::exchange::Ask;
@@ -44,76 +43,62 @@ struct Resuming {
     _slot: Slot,
 }
 
-impl Upstream {
-    /// The body of a blob download that `response` started, resuming it
-    /// after an interruption; holds `slot` until the body is dropped.
-    pub(super) fn resumable_body(
-        self: &Arc<Self>,
-        repo: &RepoName,
-        path: String,
-        response: Response,
-        slot: Slot,
-    ) -> BlobDownload {
-        let size = response.content_length();
-        let body = Resuming {
-            upstream: self.clone(),
-            repo: repo.clone(),
-            path,
-            size,
-            received: 0,
-            resumes: 0,
-            skip: 0,
-            chunks: response.bytes_stream().boxed(),
-            bytes: self.metrics.upstream_bytes.with_label_values(&[&self.name]),
-            _slot: slot,
-        };
-        BlobDownload {
-            size,
-            body: Box::new(Box::pin(body.into_stream())),
-        }
-    }
+/// Where a blob download starts: at byte 0 of a body whose size the
+/// answer tells, or at `offset` of a blob of `size` bytes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Start {
+    Whole,
+    At { offset: u64, size: u64 },
 }
 
 impl Upstream {
-    /// Bytes `offset..size` of a blob of `size` bytes that another source
-    /// (the replica that owns it) broke off: asked with `Range` like a
-    /// resume, taken only when the answer continues exactly there, and
-    /// itself resumed if it breaks too.
-    pub async fn get_blob_from(
+    /// GETs a blob from `start`, following redirects to signed storage
+    /// (which gets no `Authorization` header of ours); an interrupted body
+    /// resumes. From an offset, the answer is taken only when it continues
+    /// exactly there.
+    pub(super) async fn blob_from(
         self: &Arc<Self>,
         repo: &RepoName,
         digest: &crate::digest::Digest,
-        offset: u64,
-        size: u64,
+        start: Start,
     ) -> Result<BlobDownload, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let (response, slot) = self
-            .fetch(Ask {
-                method: Method::GET,
-                path: &path,
-                repo,
-                accept: "",
-                kind: "blob_resume",
-                bounded: false,
-                range_from: Some(offset),
-            })
-            .await?;
-        let headers = response.headers();
-        let content_range = headers
-            .get(header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok());
-        let status = response.status();
-        let skip = resumed_at(status, content_range, content_length(headers), offset, size)
-            .map_err(|why| {
-                let detail = format!("the answer to a blob asked from byte {offset} {why}");
-                self.error(ErrorKind::Invalid, detail)
-            })?;
+        let (kind, range_from) = match start {
+            Start::Whole => ("blob_get", None),
+            Start::At { offset, .. } => ("blob_resume", Some(offset)),
+        };
+        let ask = Ask {
+            method: Method::GET,
+            path: &path,
+            repo,
+            accept: "",
+            kind,
+            bounded: false,
+            range_from,
+        };
+        let (response, slot) = self.fetch(ask).await?;
+        let (size, received, skip) = match start {
+            Start::Whole => (response.content_length(), 0, 0),
+            Start::At { offset, size } => {
+                let headers = response.headers();
+                let content_range = headers
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
+                let length = content_length(headers);
+                let skip = resumed_at(response.status(), content_range, length, offset, size)
+                    .map_err(|why| {
+                        let detail = format!("the answer to a blob asked from byte {offset} {why}");
+                        self.error(ErrorKind::Invalid, detail)
+                    })?;
+                (Some(size), offset, skip)
+            }
+        };
         let body = Resuming {
             upstream: self.clone(),
             repo: repo.clone(),
             path,
-            size: Some(size),
-            received: offset,
+            size,
+            received,
             resumes: 0,
             skip,
             chunks: response.bytes_stream().boxed(),
@@ -121,9 +106,23 @@ impl Upstream {
             _slot: slot,
         };
         Ok(BlobDownload {
-            size: Some(size - offset),
+            size: size.map(|size| size - received),
             body: Box::new(Box::pin(body.into_stream())),
         })
+    }
+
+    /// Bytes `offset..size` of a blob of `size` bytes that another source
+    /// (the replica that owns it) broke off, asked with `Range` like a
+    /// resume.
+    pub async fn get_blob_from(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &crate::digest::Digest,
+        offset: u64,
+        size: u64,
+    ) -> Result<BlobDownload, UpstreamError> {
+        self.blob_from(repo, digest, Start::At { offset, size })
+            .await
     }
 }
 
