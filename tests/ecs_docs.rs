@@ -93,10 +93,16 @@ fn the_task_role_policy_allows_the_tiers_calls_on_the_prefix_only() {
         // HeadBucket at start-up.
         (on_bucket, set(&["s3:ListBucket"])),
         // GetObject and HeadObject; PutObject and multipart uploads;
-        // aborting a failed multipart upload.
+        // aborting a failed multipart upload; deleting an object that
+        // failed verification.
         (
             on_objects,
-            set(&["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]),
+            set(&[
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:AbortMultipartUpload",
+                "s3:DeleteObject",
+            ]),
         ),
     ]
     .into_iter()

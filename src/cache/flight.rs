@@ -56,6 +56,9 @@ pub struct Source {
     /// Where the bytes come from: from the shared tier or from the key's
     /// owner, the bucket needs no copy of this replica's.
     pub origin: Origin,
+    /// The shared tier's version of the object read, to delete that very
+    /// version if it fails verification.
+    pub etag: Option<String>,
 }
 
 /// Why a download did not produce a cached object.
@@ -288,6 +291,17 @@ async fn download<S>(
         progress.replace(done);
         return;
     }
+    let source = match source.await {
+        Ok(source) => source,
+        Err(e) => {
+            tracing::warn!(digest = %key.digest, error = %e, "download failed; nothing cached");
+            progress.replace(Progress::Failed(FlightError::Source(e)));
+            return;
+        }
+    };
+    // A damaged object in the bucket is deleted once found, so that the
+    // next read fetches a good copy instead of failing again.
+    let shared_etag = (source.origin == Origin::Shared).then(|| source.etag.clone());
     match transfer(&key, &cache, source, &progress, &metrics).await {
         Ok((verified, origin)) => {
             progress.modify(|state| {
@@ -327,6 +341,9 @@ async fn download<S>(
         Err(e) => {
             if matches!(e, FlightError::Mismatch(_)) {
                 metrics.digest_mismatches.with_label_values(&["blob"]).inc();
+                if let (Some(etag), Some(s3)) = (shared_etag, cache.shared()) {
+                    s3.discard_damaged(&key, etag.as_deref()).await;
+                }
             }
             tracing::warn!(digest = %key.digest, error = %e, "download failed; nothing cached");
             progress.replace(Progress::Failed(e));
@@ -374,17 +391,13 @@ struct Transferred {
 
 /// Copies the source into a temporary file (or memory, see `writer`),
 /// hashing as it goes, and returns the verified object.
-async fn transfer<S>(
+async fn transfer(
     key: &ObjectKey,
     cache: &TieredCache,
-    source: S,
+    source: Source,
     progress: &Publisher,
     metrics: &Metrics,
-) -> Result<(Transferred, Origin), FlightError>
-where
-    S: Future<Output = Result<Source, SourceError>>,
-{
-    let source = source.await.map_err(FlightError::Source)?;
+) -> Result<(Transferred, Origin), FlightError> {
     let origin = source.origin;
     let temp = cache.disk().create_temp(source.size).await;
     let mut writer = Writer::new(temp, source.size, &key.digest, metrics);

@@ -63,8 +63,18 @@ pub struct S3Tier {
     read_concurrency: usize,
     /// Counts those ranged GETs.
     part_reads: IntCounter,
+    /// Counts objects that failed verification and were deleted.
+    corrupt: IntCounter,
     /// Objects whose upload failed or was skipped while degraded.
     pending: Mutex<HashSet<ObjectKey>>,
+}
+
+/// A small object read whole.
+pub struct SmallObject {
+    pub bytes: Bytes,
+    pub content_type: Option<String>,
+    /// Its version, to delete it only as it was read.
+    pub etag: Option<String>,
 }
 
 /// Whether S3 is answering; shared with the streams reading from it.
@@ -153,6 +163,7 @@ impl S3Tier {
             read_part_size: config.read_part_size.0,
             read_concurrency: config.read_concurrency,
             part_reads: metrics.s3_part_reads.clone(),
+            corrupt: metrics.cache.corrupt.with_label_values(&["s3"]),
             pending: Mutex::new(HashSet::new()),
         };
         match tier.client.head_bucket().bucket(&tier.bucket).send().await {
@@ -249,7 +260,7 @@ impl S3Tier {
     }
 
     /// Reads a small object whole: `None` when absent or when S3 is down.
-    pub async fn get_small(&self, key: &str) -> Option<(Bytes, Option<String>)> {
+    pub async fn get_small(&self, key: &str) -> Option<SmallObject> {
         if !self.available() {
             return None;
         }
@@ -262,8 +273,13 @@ impl S3Tier {
             .await;
         let out = self.settle(get, "read", key)?;
         let content_type = out.content_type().map(str::to_owned);
+        let etag = out.e_tag().map(str::to_owned);
         match out.body.collect().await {
-            Ok(body) => Some((body.into_bytes(), content_type)),
+            Ok(body) => Some(SmallObject {
+                bytes: body.into_bytes(),
+                content_type,
+                etag,
+            }),
             Err(e) => {
                 tracing::warn!(key, error = %e, "S3 read broke off");
                 self.failed("read");
@@ -434,16 +450,17 @@ impl Tier for S3Tier {
         if key.kind != ObjectKind::Manifest {
             return Ok(None);
         }
-        let Some((bytes, media_type)) = self.get_small(&self.object_key(key)).await else {
+        let Some(small) = self.get_small(&self.object_key(key)).await else {
             return Ok(None);
         };
+        let bytes = small.bytes;
         if crate::digest::verify(&key.digest, &bytes).is_err() {
-            tracing::error!(digest = %key.digest, "S3 holds a manifest that does not match its digest; ignored");
+            self.discard_damaged(key, small.etag.as_deref()).await;
             return Ok(None);
         }
         let meta = ObjectMeta {
             size: bytes.len() as u64,
-            media_type,
+            media_type: small.content_type,
         };
         Ok(Some(Object {
             meta,

@@ -174,6 +174,7 @@ async fn download(
         size: blob.size,
         body: Box::new(body),
         origin: Origin::Upstream,
+        etag: None,
     })
 }
 
@@ -199,6 +200,7 @@ fn from_owner(blob: PeerBlob, upstream: Arc<Upstream>, repo: RepoName, digest: D
         size: blob.size,
         body: Box::new(Box::pin(body)),
         origin: Origin::Peer,
+        etag: None,
     }
 }
 

@@ -41,7 +41,7 @@ impl Registry {
 async fn exchange(shared: &S3Tier, upstream: &Upstream, written: &mut HashMap<String, u64>) {
     let key = shared.state_key(&format!("budget/{}.json", upstream.name()));
     let theirs = match shared.get_small(&key).await {
-        Some((bytes, _)) => serde_json::from_slice::<BudgetState>(&bytes).ok(),
+        Some(small) => serde_json::from_slice::<BudgetState>(&small.bytes).ok(),
         None => None,
     };
     if let Some(theirs) = &theirs {

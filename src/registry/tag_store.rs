@@ -101,7 +101,7 @@ impl TagStore {
     pub async fn newer_shared(&self, key: &TagKey, known: &TagEntry) -> Option<TagEntry> {
         let shared = self.shared.as_ref()?;
         let name = format!("{BY_TAG}/{}", key.file_name());
-        let (bytes, _) = shared.get_small(&shared.tag_key(&name)).await?;
+        let bytes = shared.get_small(&shared.tag_key(&name)).await?.bytes;
         let theirs: TagEntry = serde_json::from_slice(&bytes).ok()?;
         if !known.clone().merge(theirs.clone()) {
             return None;

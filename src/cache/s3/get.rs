@@ -59,6 +59,7 @@ impl S3Tier {
             return Some(self.one_stream(out));
         };
         let first_len = self.read_part_size.min(total);
+        let etag = out.e_tag().map(str::to_owned);
         if start != 0 || end + 1 != first_len || content_length(&out) != Some(first_len) {
             tracing::warn!(key = %object_key, content_range = ?out.content_range(), "S3 answered another range than asked");
             self.failed("read");
@@ -85,7 +86,29 @@ impl S3Tier {
             size: Some(total),
             body: Box::new(body),
             origin: Origin::Shared,
+            etag,
         })
+    }
+
+    /// Deletes an object that failed verification (or was short), only as
+    /// it was read (`If-Match` its `etag`): a good copy another replica
+    /// wrote meanwhile survives. Counted and logged; the next read misses
+    /// and fetches a good copy.
+    pub async fn discard_damaged(&self, key: &ObjectKey, etag: Option<&str>) {
+        self.corrupt.inc();
+        let object_key = self.object_key(key);
+        tracing::warn!(key = %object_key, "S3 holds an object that does not match its digest: deleting it");
+        let mut delete = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&object_key);
+        if let Some(etag) = etag {
+            delete = delete.if_match(etag);
+        }
+        if let Err(e) = delete.send().await {
+            tracing::warn!(key = %object_key, error = %DisplayErrorContext(&e), "could not delete a damaged object from S3");
+        }
     }
 
     /// The ranged GET of one part after the first, which must come back
@@ -128,6 +151,7 @@ impl S3Tier {
     /// A whole-object answer as one stream, for stores that ignore ranges.
     fn one_stream(&self, out: GetObjectOutput) -> Source {
         let size = content_length(&out);
+        let etag = out.e_tag().map(str::to_owned);
         let (health, timeout) = (self.health.clone(), self.read_timeout);
         let body = futures_util::stream::unfold(Some(out.body), move |body| {
             let health = health.clone();
@@ -146,6 +170,7 @@ impl S3Tier {
             size,
             body: Box::new(Box::pin(body)),
             origin: Origin::Shared,
+            etag,
         }
     }
 }
