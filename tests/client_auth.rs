@@ -393,17 +393,22 @@ async fn the_fair_share_of_counted_pulls_goes_by_client_name_not_address() {
         ..SimOptions::default()
     })
     .await;
-    for i in 0..5 {
+    for i in 0..6 {
         sim.push_image(&format!("library/img{i}"), "1", &[random_bytes(2000, i)]);
     }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&sim.registry_url, &dir.path().join("data"));
     with_credentials(&mut cfg, dir.path());
     cfg.budget.client_share_percent = 30;
+    // At or below 6 pulls left the budget is at its reserve: with another
+    // client pulling, a share binds (it is work-conserving otherwise).
+    cfg.budget.reserve_percent = 60;
     let proxy = Proxy::start(cfg).await;
     let client = Client::new(&proxy.url);
     let manifest = |i: u64| format!("/v2/library/img{i}/manifests/1");
     let alice = || basic("alice", "wonderland");
+    let robot = || authorization("Bearer tok-robot");
+    assert_eq!(get(&client, &manifest(5), robot()).await.status, 200);
     for i in 0..3 {
         assert_eq!(get(&client, &manifest(i), alice()).await.status, 200);
     }
@@ -417,9 +422,8 @@ async fn the_fair_share_of_counted_pulls_goes_by_client_name_not_address() {
         message.contains("alice has spent its fair share"),
         "{message}"
     );
-    let robot = authorization("Bearer tok-robot");
     assert_eq!(
-        get(&client, &manifest(3), robot).await.status,
+        get(&client, &manifest(3), robot()).await.status,
         200,
         "another client from the same address has its own share"
     );
