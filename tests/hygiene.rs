@@ -312,6 +312,10 @@ async fn a_client_that_stops_reading_a_response_is_disconnected() {
     cfg.listen_limits.idle_timeout = Duration::from_secs(1);
     let proxy = Proxy::start(cfg).await;
     Client::new(&proxy.url).pull("library/big", "v1").await;
+    // A cached blob, not a download still being stored: the request below
+    // must not join the pull's download.
+    let downloading = || proxy.metric("pullthrough_downloads_active", &[]);
+    support::wait_until_async(async || downloading() == 0.0).await;
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
