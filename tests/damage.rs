@@ -49,7 +49,13 @@ async fn get_layer(sim: &HubSim, proxy: &Proxy, digest: &str, layer: &[u8]) -> u
         .await
         .unwrap();
     assert_eq!(answer.status, 200);
-    assert!(answer.body == layer, "the whole layer, right");
+    assert!(
+        answer.body == layer,
+        "the whole layer, right: {} of {} bytes, {}",
+        answer.body.len(),
+        layer.len(),
+        answer.body_digest()
+    );
     sim.counters().cdn_gets - before
 }
 
