@@ -21,11 +21,12 @@
 //! second), and every later hit a hash-map probe. Damage that moves no
 //! fingerprint (bit rot under an unchanged inode) is not caught here.
 
-use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use moka::sync::Cache;
 
 use super::{ObjectKey, blocking};
 use crate::digest::Hasher;
@@ -33,6 +34,12 @@ use crate::singleflight::SingleFlight;
 
 /// Bytes hashed per read.
 const CHUNK: usize = 1024 * 1024;
+
+/// Verified files remembered at once (about 150 bytes each). Entries of
+/// evicted objects are never looked up again; past the bound the least
+/// recently used go, and a file forgotten so is hashed again on its next
+/// use, so the bound costs a hash, never a wrong answer.
+const REMEMBERED: u64 = 500_000;
 
 /// What identifies a file's bytes as the ones verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,28 +62,37 @@ impl Fingerprint {
 }
 
 /// The disk tier's verified files; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct Verifications {
-    trusted: Arc<Mutex<HashMap<ObjectKey, Fingerprint>>>,
+    trusted: Cache<ObjectKey, Fingerprint>,
     checks: SingleFlight<ObjectKey, Option<bool>>,
+}
+
+impl Default for Verifications {
+    fn default() -> Self {
+        Verifications {
+            trusted: Cache::new(REMEMBERED),
+            checks: SingleFlight::default(),
+        }
+    }
 }
 
 impl Verifications {
     /// Remembers that `key`'s file, as `print` describes it, holds its bytes.
     pub(super) fn trust(&self, key: &ObjectKey, print: Fingerprint) {
-        self.lock().insert(key.clone(), print);
+        self.trusted.insert(key.clone(), print);
     }
 
     /// Forgets `key` (its file was deleted).
     pub(super) fn forget(&self, key: &ObjectKey) {
-        self.lock().remove(key);
+        self.trusted.invalidate(key);
     }
 
     /// Whether `file` (as `print` describes it) holds `key`'s bytes:
     /// at once when it was verified as it is, else after hashing it, once
     /// for every concurrent caller.
     pub(super) async fn check(&self, key: &ObjectKey, file: Arc<File>, print: Fingerprint) -> bool {
-        if self.lock().get(key) == Some(&print) {
+        if self.trusted.get(key) == Some(print) {
             return true;
         }
         let (this, work_key) = (self.clone(), key.clone());
@@ -93,10 +109,6 @@ impl Verifications {
             })
             .await;
         checked.unwrap_or(false)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Fingerprint>> {
-        self.trusted.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
