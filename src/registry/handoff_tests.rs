@@ -171,13 +171,7 @@ async fn a_blob_request_parked_at_the_hand_off_never_fetches_twice() {
         async move {
             body_of(
                 registry
-                    .blob(
-                        &target,
-                        &repo,
-                        &digest,
-                        true,
-                        &Caller::client(ClientId::Unknown),
-                    )
+                    .blob(&target, &repo, &digest, true, &anyone())
                     .await
                     .unwrap(),
             )
@@ -189,13 +183,7 @@ async fn a_blob_request_parked_at_the_hand_off_never_fetches_twice() {
     // Meanwhile another request fetches the blob, stores it, and its
     // flight ends.
     let first = registry
-        .blob(
-            &target,
-            &repo,
-            &digest,
-            true,
-            &Caller::client(ClientId::Unknown),
-        )
+        .blob(&target, &repo, &digest, true, &anyone())
         .await
         .unwrap();
     assert_eq!(body_of(first).await, upstream.blob);
@@ -235,14 +223,7 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
         );
         async move {
             registry
-                .manifest(
-                    &target,
-                    &repo,
-                    &reference,
-                    &accept,
-                    true,
-                    &Caller::client(ClientId::Unknown),
-                )
+                .manifest(&target, &repo, &reference, &accept, true, &anyone())
                 .await
                 .unwrap()
         }
@@ -250,14 +231,7 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
     parked.await.unwrap();
 
     let first = registry
-        .manifest(
-            &target,
-            &repo,
-            &reference,
-            &accept,
-            true,
-            &Caller::client(ClientId::Unknown),
-        )
+        .manifest(&target, &repo, &reference, &accept, true, &anyone())
         .await
         .unwrap();
     assert_eq!(first.body.as_deref(), Some(MANIFEST));
@@ -275,4 +249,9 @@ async fn a_manifest_request_parked_at_the_hand_off_spends_no_second_pull() {
         1,
         "the late request spent a second pull"
     );
+}
+
+/// A client's own request, from no address in particular.
+fn anyone() -> Caller {
+    Caller::client(ClientId::Unknown)
 }
