@@ -96,6 +96,19 @@ pub struct MemoryConfig {
     /// Objects larger than this are served from disk only.
     #[serde(serialize_with = "render::exact_size")]
     pub max_object_bytes: ByteSize,
+    /// Memory that downloads the disk tier cannot take (full, failing) may
+    /// hold, all together; by default an eighth of `max_bytes`, at least
+    /// 8 MiB. Each such download holds a window of it, never its size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_download_bytes: Option<ByteSize>,
+}
+
+impl MemoryConfig {
+    /// The memory budget of downloads the disk tier cannot take.
+    pub fn download_bytes(&self) -> u64 {
+        self.max_download_bytes
+            .map_or((self.max_bytes.0 / 8).max(8 << 20), |b| b.0)
+    }
 }
 
 /// The shared tier: one bucket for every replica. Credentials come from the
@@ -280,6 +293,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             max_bytes: ByteSize::mib(256),
             max_object_bytes: ByteSize::mib(1),
+            max_download_bytes: None,
         }
     }
 }
@@ -487,6 +501,16 @@ impl Config {
             return Err(invalid(
                 "memory.max_object_bytes",
                 "must not exceed memory.max_bytes",
+            ));
+        }
+        if self
+            .memory
+            .max_download_bytes
+            .is_some_and(|b| b.0 < 4 << 20)
+        {
+            return Err(invalid(
+                "memory.max_download_bytes",
+                "must be at least 4MiB (a download's batches go through it)",
             ));
         }
         self.disk.validate()?;

@@ -84,6 +84,10 @@ pub struct TrafficCollectors {
     pub downloads_active: prometheus::IntGauge,
     /// Clients streaming a blob from a shared download now.
     pub download_clients: prometheus::IntGauge,
+    /// Memory held by downloads the disk tier could not take.
+    pub download_memory: prometheus::IntGauge,
+    /// Clients cut off for not reading a download held in memory.
+    pub followers_cut: prometheus::IntCounter,
 }
 
 impl TrafficCollectors {
@@ -123,6 +127,21 @@ impl TrafficCollectors {
                 "pullthrough_download_clients",
                 "Clients streaming a blob from a shared download now.",
             ),
+            download_memory: int_gauge(
+                "pullthrough_download_memory_bytes",
+                "Memory held by downloads the disk tier could not take (full or failing), all together; bounded by memory.max_download_bytes.",
+            ),
+            followers_cut: {
+                let c = prometheus::IntCounter::new(
+                    "pullthrough_download_clients_cut_total",
+                    "Clients cut off (their connection aborted, so they retry) for not reading a download held in memory while it waited on them.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
         }
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! The contract, which every user relies on:
 //! - **One run per key.** [`SingleFlight::join_or_start`] joins the run under
-//!   way for a key or starts one, under one short lock.
+//!   way for a key or starts one, under one short lock. Only a run that can
+//!   no longer take new callers is ever replaced ([`SingleFlight::replace`]);
+//!   it goes on for the callers it has, and its end leaves the new entry be.
 //! - **Runs outlive their callers.** The work runs in its own task, so it
 //!   completes (and fills the cache) even when every caller went away.
 //! - **No hang on failure.** When the task ends, however it ends, its
@@ -62,16 +64,23 @@ impl<K, S> Default for SingleFlight<K, S> {
     }
 }
 
-/// Removes a run's entry when its task ends, however it ends.
+/// Removes a run's entry when its task ends, however it ends (unless a
+/// newer run replaced it meanwhile).
 struct Unregister<K: Hash + Eq, S> {
     running: Running<K, S>,
     key: K,
+    progress: watch::Receiver<S>,
 }
 
 impl<K: Hash + Eq, S> Drop for Unregister<K, S> {
     fn drop(&mut self) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.remove(&self.key);
+        if running
+            .get(&self.key)
+            .is_some_and(|entry| entry.same_channel(&self.progress))
+        {
+            running.remove(&self.key);
+        }
     }
 }
 
@@ -89,8 +98,42 @@ where
         W: FnOnce(watch::Sender<S>) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
+        self.follow_or_start(key, |_| true, initial, work)
+    }
+
+    /// Starts a new run for `key` in place of `stale`, a run that new
+    /// callers can no longer follow (a download whose window moved on, see
+    /// `cache::window`); when another caller already replaced it, follows
+    /// that run instead. The old run goes on for its own callers.
+    pub fn replace<W, F>(
+        &self,
+        key: K,
+        stale: &watch::Receiver<S>,
+        initial: S,
+        work: W,
+    ) -> (watch::Receiver<S>, bool)
+    where
+        W: FnOnce(watch::Sender<S>) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.follow_or_start(key, |running| !running.same_channel(stale), initial, work)
+    }
+
+    /// Follows the run for `key` when there is one and `join` accepts it;
+    /// else starts one in its place.
+    fn follow_or_start<W, F>(
+        &self,
+        key: K,
+        join: impl FnOnce(&watch::Receiver<S>) -> bool,
+        initial: S,
+        work: W,
+    ) -> (watch::Receiver<S>, bool)
+    where
+        W: FnOnce(watch::Sender<S>) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(progress) = running.get(&key) {
+        if let Some(progress) = running.get(&key).filter(|progress| join(progress)) {
             return (progress.clone(), true);
         }
         let (sender, progress) = watch::channel(initial);
@@ -98,6 +141,7 @@ where
         let unregister = Unregister {
             running: self.running.clone(),
             key,
+            progress: progress.clone(),
         };
         let work = work(sender);
         tokio::spawn(async move {

@@ -53,7 +53,7 @@ fn blob_response(reply: BlobReply, digest: &Digest, range_header: Option<&str>) 
                     .into_response();
             }
         },
-        BlobBody::Download(flight) => Body::from_stream(flight.stream(start, end)),
+        BlobBody::Download(seated) => Body::from_stream(seated.stream(start, end)),
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

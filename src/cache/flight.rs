@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use super::read::{ByteStream, follow, map_file};
 use super::relay::Relay;
 use super::view::View;
+use super::window::{DownloadMemory, Seat};
 use super::writer::{Writer, reason};
 use super::{CacheError, Content, ObjectKey, TieredCache, Verified};
 use crate::digest::DigestMismatch;
@@ -221,13 +222,37 @@ impl Flight {
         }
     }
 
-    /// Streams bytes `start..end` (clamped to the final size) as they
-    /// arrive. Call after [`Flight::ready`] succeeded.
-    pub fn stream(&self, start: u64, end: u64) -> ByteStream {
-        let counted = crate::metrics::GaugeHeld::new(&self.clients);
+    /// A place in this download for one client about to stream it; call
+    /// after [`Flight::ready`] succeeded. `None` when the download is held
+    /// in memory and its window has already moved past the first byte (see
+    /// `window`): the client needs a download of its own,
+    /// [`Flights::replace`].
+    pub fn seat(&self) -> Option<Seated> {
         // Failed has no relay, and its followers never wait: any will do.
         let relay = self.progress.borrow().relay().cloned().unwrap_or_default();
-        follow(self.progress.clone(), relay, start, end, counted)
+        let seat = relay.seats().take(0).ok()?;
+        Some(Seated {
+            flight: self.clone(),
+            relay,
+            seat,
+        })
+    }
+}
+
+/// A client's place in a download, taken before its answer goes out so the
+/// bytes it will read are kept for it.
+pub struct Seated {
+    flight: Flight,
+    relay: Relay,
+    seat: Arc<Seat>,
+}
+
+impl Seated {
+    /// Streams bytes `start..end` (clamped to the final size) as they arrive.
+    pub fn stream(self, start: u64, end: u64) -> ByteStream {
+        let counted = crate::metrics::GaugeHeld::new(&self.flight.clients);
+        let progress = self.flight.progress;
+        follow(progress, self.relay, self.seat, start, end, counted)
     }
 }
 
@@ -235,14 +260,19 @@ impl Flight {
 #[derive(Clone)]
 pub struct Flights {
     running: SingleFlight<ObjectKey, Progress>,
+    /// What downloads the disk cannot hold may keep in memory.
+    memory: Arc<DownloadMemory>,
     metrics: Metrics,
 }
 
 impl Flights {
-    /// No downloads yet; digest mismatches are counted in `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
+    /// No downloads yet; those the disk tier cannot hold keep at most
+    /// `memory_limit` bytes in memory together; digest mismatches are
+    /// counted in `metrics`.
+    pub fn new(memory_limit: u64, metrics: Metrics) -> Self {
         Flights {
             running: SingleFlight::default(),
+            memory: DownloadMemory::new(memory_limit, &metrics),
             metrics,
         }
     }
@@ -263,13 +293,46 @@ impl Flights {
     where
         S: Future<Output = Result<Source, SourceError>> + Send + 'static,
     {
-        let metrics = self.metrics.clone();
-        let work_key = key.clone();
+        let work = self.work(key.clone(), cache, source);
+        let (progress, joined) = self.running.join_or_start(key, Progress::Connecting, work);
+        self.flight(progress, joined)
+    }
+
+    /// Starts a download of `key` in place of `passed`, one whose window
+    /// moved past where a new client starts (see [`Flight::seat`]), or
+    /// joins the one another client started so. `passed` goes on for the
+    /// clients it has.
+    pub fn replace<S>(
+        &self,
+        key: ObjectKey,
+        passed: &Flight,
+        cache: TieredCache,
+        source: S,
+    ) -> (Flight, bool)
+    where
+        S: Future<Output = Result<Source, SourceError>> + Send + 'static,
+    {
+        let work = self.work(key.clone(), cache, source);
         let (progress, joined) =
             self.running
-                .join_or_start(key, Progress::Connecting, move |progress| {
-                    download(work_key, cache, source, progress, metrics)
-                });
+                .replace(key, &passed.progress, Progress::Connecting, work);
+        self.flight(progress, joined)
+    }
+
+    fn work<S>(
+        &self,
+        key: ObjectKey,
+        cache: TieredCache,
+        source: S,
+    ) -> impl FnOnce(watch::Sender<Progress>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+    where
+        S: Future<Output = Result<Source, SourceError>> + Send + 'static,
+    {
+        let (memory, metrics) = (self.memory.clone(), self.metrics.clone());
+        move |progress| Box::pin(download(key, cache, source, progress, memory, metrics))
+    }
+
+    fn flight(&self, progress: watch::Receiver<Progress>, joined: bool) -> (Flight, bool) {
         let clients = self.metrics.traffic.download_clients.clone();
         (Flight { progress, clients }, joined)
     }
@@ -281,6 +344,7 @@ async fn download<S>(
     cache: TieredCache,
     source: S,
     progress: watch::Sender<Progress>,
+    memory: Arc<DownloadMemory>,
     metrics: Metrics,
 ) where
     S: Future<Output = Result<Source, SourceError>>,
@@ -302,7 +366,7 @@ async fn download<S>(
     // A damaged object in the bucket is deleted once found, so that the
     // next read fetches a good copy instead of failing again.
     let shared_etag = (source.origin == Origin::Shared).then(|| source.etag.clone());
-    match transfer(&key, &cache, source, &progress, &metrics).await {
+    match transfer(&key, &cache, source, &progress, memory, &metrics).await {
         Ok((verified, origin)) => {
             progress.modify(|state| {
                 if let Progress::Streaming {
@@ -396,11 +460,13 @@ async fn transfer(
     cache: &TieredCache,
     source: Source,
     progress: &Publisher,
+    memory: Arc<DownloadMemory>,
     metrics: &Metrics,
 ) -> Result<(Transferred, Origin), FlightError> {
     let origin = source.origin;
     let temp = cache.disk().create_temp(source.size).await;
-    let mut writer = Writer::new(temp, source.size, &key.digest, metrics);
+    let seats = progress.relay().seats().clone();
+    let mut writer = Writer::new(temp, source.size, &key.digest, memory, seats, metrics);
     let view = match (writer.file(), writer.tail(), source.size) {
         (Some(file), _, Some(size)) => {
             View::Mapped(map_file(file, size).map_err(write_error("mapping a download"))?)

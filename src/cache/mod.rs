@@ -20,6 +20,7 @@ mod s3;
 mod tiered;
 mod verify;
 mod view;
+mod window;
 mod writer;
 
 use std::fs::File;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use disk::{DiskTier, TempFile};
-pub use flight::{Flight, FlightError, Flights, Origin, Source, SourceError};
+pub use flight::{Flight, FlightError, Flights, Origin, Seated, Source, SourceError};
 pub use memory::MemoryTier;
 pub use pinning::Pinned;
 pub use read::{ByteStream, read_whole};

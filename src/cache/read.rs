@@ -25,6 +25,7 @@ use super::blocking;
 use super::flight::Progress;
 use super::relay::Relay;
 use super::view::View;
+use super::window::{Passed, Seat};
 
 /// A response body's bytes; an `Err` item aborts the client connection.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -86,17 +87,22 @@ impl AsRef<[u8]> for Mapped {
 
 /// Streams bytes `start..end` of a download as its `progress` allows
 /// (`end` is clamped to the final size; `u64::MAX` reads to the end),
-/// waiting for news in the download's `relay`.
+/// waiting for news in the download's `relay`, from `seat` (taken at or
+/// before `start`).
 pub(super) fn follow(
     progress: watch::Receiver<Progress>,
     relay: Relay,
+    seat: Arc<Seat>,
     start: u64,
     end: u64,
     counted: crate::metrics::GaugeHeld,
 ) -> ByteStream {
+    // A seat behind `start` would hold the window for bytes never read.
+    let _ = relay.seats().advance(&seat, start);
     let follower = Follower {
         progress,
         relay,
+        seat,
         looked: false,
         view: None,
         readable: 0,
@@ -123,10 +129,16 @@ pub(super) fn follow(
     ))
 }
 
+fn passed() -> io::Error {
+    io::Error::other(Passed)
+}
+
 /// One client's place in a download.
 struct Follower {
     progress: watch::Receiver<Progress>,
     relay: Relay,
+    /// How far this client has read, as the download's window sees it.
+    seat: Arc<Seat>,
     /// Whether the download's progress was looked at yet.
     looked: bool,
     /// The bytes and how far they were readable at the last look.
@@ -152,9 +164,11 @@ impl Follower {
             }
             if let Some(view) = self.view.as_ref().filter(|_| self.pos < self.readable) {
                 let stop = self.readable.min(self.end).min(self.pos + CHUNK);
-                let piece = view.piece(self.pos, stop);
+                let piece = view.piece(self.pos, stop).ok_or_else(passed)?;
                 if !piece.is_empty() {
                     self.pos += piece.len() as u64;
+                    let seats = self.relay.seats();
+                    seats.advance(&self.seat, self.pos).map_err(|_| passed())?;
                     return Ok(Some(piece));
                 }
             }

@@ -29,14 +29,25 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-/// The line of clients waiting for news of one download; cheap to clone.
+use super::window::Seats;
+
+/// The line of clients waiting for news of one download, and how far each
+/// client has read (see `window`); cheap to clone.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Relay(Arc<Notify>);
+pub(super) struct Relay {
+    news: Arc<Notify>,
+    seats: Arc<Seats>,
+}
 
 impl Relay {
     /// Tells the line that there is news: wakes the client waiting longest.
     pub(super) fn announce(&self) {
-        self.0.notify_one();
+        self.news.notify_one();
+    }
+
+    /// Every client's place in the download.
+    pub(super) fn seats(&self) -> &Arc<Seats> {
+        &self.seats
     }
 
     /// A place at the back of the line. A client takes its place with
@@ -45,7 +56,7 @@ impl Relay {
     /// already waiting, which then belongs to this client as if it had
     /// been woken.
     pub(super) fn place(&self) -> Notified<'_> {
-        self.0.notified()
+        self.news.notified()
     }
 }
 
@@ -91,7 +102,8 @@ mod tests {
         (0..FOLLOWERS)
             .map(|_| {
                 let counted = crate::metrics::GaugeHeld::new(&gauge);
-                follow(progress.clone(), relay.clone(), 0, u64::MAX, counted)
+                let seat = relay.seats().take(0).unwrap();
+                follow(progress.clone(), relay.clone(), seat, 0, u64::MAX, counted)
             })
             .collect()
     }

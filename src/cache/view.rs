@@ -3,15 +3,18 @@
 //! failing), the bytes written before the failure from that map and the
 //! rest from memory.
 //!
-//! The memory part, a [`Tail`], is an append-only list of the chunks as
-//! they arrived, shared by every reader of the download: appending takes a
-//! write lock for one `push`, reading a read lock for one binary search, and
-//! no chunk is ever copied. A download held in memory costs its whole size
-//! until its last reader is done; that is the price of still serving it.
+//! The memory part, a [`Tail`], is a list of the chunks as they arrived,
+//! shared by every reader of the download: appending takes a write lock for
+//! one `push`, reading a read lock for one binary search, and no chunk is
+//! ever copied. Chunks every reader has passed are dropped, so a download
+//! held in memory costs its window, not its size (see `window`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+
+use super::window::DownloadMemory;
 
 /// Where readers of a download slice its bytes from.
 #[derive(Clone, Debug)]
@@ -35,77 +38,134 @@ impl View {
     }
 
     /// Bytes from `pos`, up to `stop` (exclusive); shorter when they lie in
-    /// two chunks, empty when none is there yet. Readers ask only for what
-    /// the download has made readable.
-    pub(super) fn piece(&self, pos: u64, stop: u64) -> Bytes {
+    /// two chunks, empty when none is there yet, `None` when they were
+    /// dropped. Readers ask only for what the download has made readable.
+    pub(super) fn piece(&self, pos: u64, stop: u64) -> Option<Bytes> {
         match self {
             View::Mapped(map) => {
                 let end = (stop as usize).min(map.len());
-                map.slice((pos as usize).min(end)..end)
+                Some(map.slice((pos as usize).min(end)..end))
             }
-            View::Spilled { prefix, .. } if pos < prefix.len() as u64 => {
+            View::Spilled { prefix, tail } if pos < prefix.len() as u64 => {
                 let end = (stop as usize).min(prefix.len());
-                prefix.slice(pos as usize..end)
+                (tail.dropped() == 0).then(|| prefix.slice(pos as usize..end))
             }
             View::Spilled { tail, .. } => tail.piece(pos, stop),
         }
     }
 }
 
-/// The in-memory rest of a download, from byte `start` on.
+/// The in-memory rest of a download, from byte `start` on, of which the
+/// chunks every reader has passed are dropped.
 #[derive(Debug)]
 pub(super) struct Tail {
     start: u64,
     /// Chunks with the offset of their first byte, in order.
     chunks: RwLock<Vec<(u64, Bytes)>>,
+    /// Bytes before this were dropped (zero while none were).
+    dropped: AtomicU64,
+    /// Bytes held now, taken from `memory`.
+    held: AtomicU64,
+    memory: Arc<DownloadMemory>,
 }
 
 impl Tail {
-    /// An empty tail for the bytes from `start` on.
-    pub(super) fn new(start: u64) -> Arc<Tail> {
+    /// An empty tail for the bytes from `start` on, held within `memory`.
+    pub(super) fn new(start: u64, memory: Arc<DownloadMemory>) -> Arc<Tail> {
         Arc::new(Tail {
             start,
             chunks: RwLock::default(),
+            dropped: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            memory,
         })
     }
 
-    /// Appends `chunks`, which follow the bytes already held.
+    pub(super) fn memory(&self) -> &DownloadMemory {
+        &self.memory
+    }
+
+    /// Bytes held now.
+    pub(super) fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Appends `chunks`, which follow the bytes already held; their
+    /// memory was taken from the budget (see `window::make_room`).
     pub(super) fn push(&self, chunks: impl IntoIterator<Item = Bytes>) {
         let mut held = self.chunks.write().unwrap_or_else(|e| e.into_inner());
         let mut end = held
             .last()
-            .map_or(self.start, |(offset, b)| offset + b.len() as u64);
+            .map_or(self.start.max(self.dropped()), |(offset, b)| {
+                offset + b.len() as u64
+            });
         for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
             let len = chunk.len() as u64;
             held.push((end, chunk));
             end += len;
+            self.held.fetch_add(len, Ordering::AcqRel);
         }
     }
 
-    fn piece(&self, pos: u64, stop: u64) -> Bytes {
+    /// Drops the chunks that end at or before `pos`, giving their memory
+    /// back; returns the first byte still readable when any were dropped.
+    pub(super) fn drop_before(&self, pos: u64) -> Option<u64> {
+        let mut held = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        let gone = held.partition_point(|(offset, b)| offset + b.len() as u64 <= pos);
+        if gone == 0 {
+            return None;
+        }
+        let (offset, last) = &held[gone - 1];
+        let floor = offset + last.len() as u64;
+        let freed: u64 = held.drain(..gone).map(|(_, b)| b.len() as u64).sum();
+        self.held.fetch_sub(freed, Ordering::AcqRel);
+        self.memory.give(freed);
+        self.dropped.store(floor, Ordering::Release);
+        Some(floor)
+    }
+
+    fn piece(&self, pos: u64, stop: u64) -> Option<Bytes> {
+        if pos < self.dropped() {
+            return None;
+        }
         let held = self.chunks.read().unwrap_or_else(|e| e.into_inner());
         let Some(index) = held
             .partition_point(|(offset, _)| *offset <= pos)
             .checked_sub(1)
         else {
-            return Bytes::new();
+            return Some(Bytes::new());
         };
         let (offset, chunk) = &held[index];
         let from = ((pos - offset) as usize).min(chunk.len());
         let to = (stop.saturating_sub(*offset) as usize).min(chunk.len());
-        chunk.slice(from..to.max(from))
+        Some(chunk.slice(from..to.max(from)))
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.memory.give(self.held());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+
+    fn memory() -> Arc<DownloadMemory> {
+        DownloadMemory::new(1 << 30, &Metrics::new())
+    }
 
     fn read_all(view: &View, len: u64, step: u64) -> Vec<u8> {
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < len {
-            let piece = view.piece(pos, (pos + step).min(len));
+            let piece = view.piece(pos, (pos + step).min(len)).unwrap();
             assert!(!piece.is_empty(), "bytes at {pos}");
             pos += piece.len() as u64;
             out.extend_from_slice(&piece);
@@ -117,9 +177,9 @@ mod tests {
     fn a_spilled_view_reads_the_map_then_the_chunks() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
         let map = View::Mapped(Bytes::from(data.clone()));
-        let tail = Tail::new(300);
+        let tail = Tail::new(300, memory());
         let view = map.spill(300, tail.clone());
-        assert!(view.piece(300, 400).is_empty(), "nothing held yet");
+        assert!(view.piece(300, 400).unwrap().is_empty(), "nothing held yet");
         tail.push([Bytes::copy_from_slice(&data[300..450]), Bytes::new()]);
         tail.push([
             Bytes::copy_from_slice(&data[450..451]),
@@ -129,12 +189,12 @@ mod tests {
             assert_eq!(read_all(&view, 1000, step), data, "step {step}");
         }
         assert_eq!(
-            &view.piece(290, 310)[..],
+            &view.piece(290, 310).unwrap()[..],
             &data[290..300],
             "stops at the map's end"
         );
         assert_eq!(
-            &view.piece(440, 460)[..],
+            &view.piece(440, 460).unwrap()[..],
             &data[440..450],
             "stops at a chunk's end"
         );
@@ -142,9 +202,25 @@ mod tests {
 
     #[test]
     fn a_download_wholly_in_memory_starts_at_zero() {
-        let tail = Tail::new(0);
+        let tail = Tail::new(0, memory());
         let view = View::Mapped(Bytes::new()).spill(0, tail.clone());
         tail.push([Bytes::from_static(b"hello "), Bytes::from_static(b"world")]);
         assert_eq!(read_all(&view, 11, 4), b"hello world");
+    }
+
+    #[test]
+    fn dropped_chunks_are_gone_and_their_memory_given_back() {
+        let memory = memory();
+        assert!(memory.try_take(11));
+        let tail = Tail::new(0, memory.clone());
+        let view = View::Mapped(Bytes::from_static(b"hello world")).spill(0, tail.clone());
+        tail.push([Bytes::from_static(b"hello "), Bytes::from_static(b"world")]);
+        assert_eq!(tail.drop_before(5), None, "the first chunk is still read");
+        assert_eq!(tail.drop_before(6), Some(6));
+        assert_eq!(tail.held(), 5);
+        assert!(view.piece(3, 6).is_none(), "gone, from the map too");
+        assert_eq!(&view.piece(6, 11).unwrap()[..], b"world");
+        drop((view, tail));
+        assert!(memory.try_take(1 << 30), "all of it given back");
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! Disk full (or any write error) never fails a download: the batch that
 //! could not be written, and every later one, are kept in memory instead
-//! (see `view`), the download goes on streaming to all its clients, and
-//! nothing of it is cached. The temporary file is given up, so no partial
+//! (see `view`), within a bounded window (see `window`), the download goes
+//! on streaming to all its clients, and nothing of it is cached. The temporary file is given up, so no partial
 //! object can ever be linked into the tier. Each such download is logged at
 //! WARN and counted in `pullthrough_cache_store_failures_total`.
 
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use super::flight::{FlightError, Progress, Publisher};
 use super::read::map_file;
 use super::view::Tail;
+use super::window::{DownloadMemory, Seats, make_room};
 use super::{CacheError, TempFile, blocking};
 use crate::digest::{Digest, Hasher};
 use crate::metrics::Metrics;
@@ -46,6 +47,9 @@ pub(super) struct Writer {
     /// The batch being written, kept to go to memory if the write fails.
     job: Option<(JoinHandle<io::Result<Job>>, Vec<Bytes>)>,
     digest: Digest,
+    /// What the download may hold in memory, and its clients' places.
+    memory: Arc<DownloadMemory>,
+    seats: Arc<Seats>,
     metrics: Metrics,
 }
 
@@ -69,16 +73,19 @@ fn write_error(source: io::Error) -> FlightError {
 
 impl Writer {
     /// A writer into `temp`, or straight into memory when the disk tier
-    /// could not give the download a file (`temp` is the failure).
+    /// could not give the download a file (`temp` is the failure); in
+    /// memory, it holds what `memory` and the clients in `seats` allow.
     pub(super) fn new(
         temp: Result<TempFile, CacheError>,
         size: Option<u64>,
         digest: &Digest,
+        memory: Arc<DownloadMemory>,
+        seats: Arc<Seats>,
         metrics: &Metrics,
     ) -> Self {
         let (sink, failure) = match temp {
             Ok(temp) => (Sink::File(temp), None),
-            Err(e) => (Sink::Memory(Tail::new(0)), Some(e)),
+            Err(e) => (Sink::Memory(Tail::new(0, memory.clone())), Some(e)),
         };
         let writer = Writer {
             sink,
@@ -88,6 +95,8 @@ impl Writer {
             hasher: Some(Hasher::new(digest.algorithm())),
             job: None,
             digest: digest.clone(),
+            memory,
+            seats,
             metrics: metrics.clone(),
         };
         if let Some(e) = failure {
@@ -172,7 +181,7 @@ impl Writer {
             Ok(()) => None,
             Err(e) => {
                 self.gave_up(reason(&e), &e);
-                let tail = Tail::new(self.written);
+                let tail = Tail::new(self.written, self.memory.clone());
                 // The file goes (unlinked now; readers keep their map of
                 // what was written before).
                 self.sink = Sink::Memory(tail.clone());
@@ -181,6 +190,8 @@ impl Writer {
         };
         let before = self.written;
         if let Sink::Memory(tail) = &self.sink {
+            let len = self.queued - self.written;
+            make_room(tail, &self.seats, len).await?;
             tail.push(batch);
         }
         self.written = self.queued;

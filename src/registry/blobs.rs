@@ -9,7 +9,9 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Caller, Outcome, Registry, RegistryError};
-use crate::cache::{Content, Flight, FlightError, ObjectKey, Origin, S3Tier, Source, SourceError};
+use crate::cache::{
+    Content, Flight, FlightError, ObjectKey, Origin, S3Tier, Seated, Source, SourceError,
+};
 use crate::cluster::{Cluster, OwnerKey, Peer, PeerBlob, PeerError};
 use crate::digest::Digest;
 use crate::reference::RepoName;
@@ -22,7 +24,7 @@ pub enum BlobBody {
     /// A cache hit.
     Cached(Content),
     /// A download in progress, possibly shared with other clients.
-    Download(Flight),
+    Download(Seated),
 }
 
 /// A blob answer.
@@ -59,7 +61,9 @@ impl Registry {
             && want_body
             && let Some(flight) = self.inner.blob_flights.get(&key)
         {
-            return follow(flight, true, digest).await;
+            return self
+                .follow(upstream, repo, &key, flight, true, caller)
+                .await;
         }
         let cached = match in_memory {
             Some(object) => Some((object, "memory")),
@@ -107,36 +111,71 @@ impl Registry {
             });
         }
         self.handoff(&key).await;
-        let source = download(
-            self.inner.cache.shared().cloned(),
-            self.owner(OwnerKey::Blob(digest), caller),
-            upstream.clone(),
-            repo.clone(),
-            key.clone(),
-        );
+        let source = self.blob_source(upstream, repo, &key, caller);
         let (flight, joined) =
             self.inner
                 .blob_flights
-                .join_or_start(key, self.inner.cache.clone(), source);
-        follow(flight, joined, digest).await
+                .join_or_start(key.clone(), self.inner.cache.clone(), source);
+        self.follow(upstream, repo, &key, flight, joined, caller)
+            .await
     }
-}
 
-/// The answer that streams `flight` (`joined` when another client's
-/// request started it) once its bytes start to arrive.
-async fn follow(flight: Flight, joined: bool, digest: &Digest) -> Result<BlobReply, RegistryError> {
-    let (size, origin) = flight.ready().await.map_err(|e| flight_error(e, digest))?;
-    let outcome = match origin {
-        Origin::Shared => Outcome::Hit("s3"),
-        Origin::Peer => Outcome::Peer,
-        Origin::Cached(tier) => Outcome::Hit(tier),
-        Origin::Upstream => Outcome::fetched(joined),
-    };
-    Ok(BlobReply {
-        size,
-        body: BlobBody::Download(flight),
-        outcome,
-    })
+    /// Where a download of `key` gets its bytes (see [`download`]).
+    fn blob_source(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        key: &ObjectKey,
+        caller: &Caller,
+    ) -> impl Future<Output = Result<Source, SourceError>> + Send + 'static {
+        download(
+            self.inner.cache.shared().cloned(),
+            self.owner(OwnerKey::Blob(&key.digest), caller),
+            upstream.clone(),
+            repo.clone(),
+            key.clone(),
+        )
+    }
+
+    /// The answer that streams `flight` (`joined` when another client's
+    /// request started it) once its bytes start to arrive. A download held
+    /// in memory whose window has moved on is replaced by a new one for
+    /// this client and those after it (see `cache::window`).
+    async fn follow(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        key: &ObjectKey,
+        mut flight: Flight,
+        mut joined: bool,
+        caller: &Caller,
+    ) -> Result<BlobReply, RegistryError> {
+        let digest = &key.digest;
+        for _ in 0..3 {
+            let (size, origin) = flight.ready().await.map_err(|e| flight_error(e, digest))?;
+            let Some(seated) = flight.seat() else {
+                let source = self.blob_source(upstream, repo, key, caller);
+                let cache = self.inner.cache.clone();
+                (flight, joined) =
+                    self.inner
+                        .blob_flights
+                        .replace(key.clone(), &flight, cache, source);
+                continue;
+            };
+            let outcome = match origin {
+                Origin::Shared => Outcome::Hit("s3"),
+                Origin::Peer => Outcome::Peer,
+                Origin::Cached(tier) => Outcome::Hit(tier),
+                Origin::Upstream => Outcome::fetched(joined),
+            };
+            return Ok(BlobReply {
+                size,
+                body: BlobBody::Download(seated),
+                outcome,
+            });
+        }
+        Err(RegistryError::Abandoned)
+    }
 }
 
 /// The fetch a blob flight runs: from the shared tier when it has the

@@ -177,7 +177,7 @@ impl Registry {
             cache,
             tags,
             referrers: Default::default(),
-            blob_flights: Flights::new(metrics.clone()),
+            blob_flights: Flights::new(config.memory.download_bytes(), metrics.clone()),
             manifest_fetches: SingleFlight::default(),
             tag_checks: SingleFlight::default(),
             stale_retry: config.stale_retry,

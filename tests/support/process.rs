@@ -77,7 +77,26 @@ impl Replica {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Replica {
-        let mut command = serve_command_on(port, upstream_url, data_dir, extra, env);
+        let command = serve_command_on(port, upstream_url, data_dir, extra, env);
+        Replica::spawn(command, port, data_dir, |status, _| status == 200).await
+    }
+
+    /// As [`Replica::start`], for a data directory that keeps `/readyz` at
+    /// 503 on purpose (a full disk): waits until the replica has started.
+    pub async fn start_unready(upstream_url: &str, data_dir: &Path, extra: &[&str]) -> Replica {
+        let (command, port) = serve_command(upstream_url, data_dir, extra, &[]);
+        let started = |_, body: &serde_json::Value| body["status"] != "starting";
+        Replica::spawn(command, port, data_dir, started).await
+    }
+
+    /// Runs `command` (serving on `port`) until `/readyz` answers as
+    /// `started` accepts.
+    async fn spawn(
+        mut command: std::process::Command,
+        port: u16,
+        data_dir: &Path,
+        started: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> Replica {
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
         command.stdout(log.try_clone().unwrap()).stderr(log);
         let child = command.spawn().expect("pullthrough starts");
@@ -86,8 +105,12 @@ impl Replica {
             child,
         };
         for _ in 0..200 {
-            if replica.ready().await == Some(200) {
-                return replica;
+            if let Ok(response) = reqwest::get(format!("{}/readyz", replica.url)).await {
+                let status = response.status().as_u16();
+                let body = response.json().await.unwrap_or_default();
+                if started(status, &body) {
+                    return replica;
+                }
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
