@@ -228,7 +228,9 @@ impl Budget {
 
     /// The error for a pull the budget does not allow (or upstream refused).
     pub fn spent_error(&self, state: &BudgetState, wait: Duration) -> UpstreamError {
-        let wait = wait.max(Duration::from_secs(1));
+        // Whole seconds, rounded up: what `Retry-After` can say, and never
+        // an invitation to come back a moment too early.
+        let wait = Duration::from_secs(wait.as_millis().div_ceil(1000).max(1) as u64);
         let detail = format!(
             "pull limit reached ({}); cached images still pull; new content can be fetched again in {}s{}",
             describe(state),
