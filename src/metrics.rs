@@ -180,6 +180,8 @@ pub struct CacheCollectors {
     pub holds_broken: IntCounterVec,
     /// Objects found damaged (not matching their digest) and deleted.
     pub corrupt: IntCounterVec,
+    /// Bytes the disk scrub has hashed again.
+    pub scrubbed_bytes: prometheus::IntCounter,
 }
 
 impl CacheCollectors {
@@ -227,6 +229,17 @@ impl CacheCollectors {
                 "Objects found damaged in a cache tier (their bytes do not match their digest, or are short) and deleted; the request fetched a good copy.",
                 &["tier"],
             ),
+            scrubbed_bytes: {
+                let c = prometheus::IntCounter::new(
+                    "pullthrough_cache_scrubbed_bytes_total",
+                    "Bytes of the disk tier hashed again by its background scrub (one pass per disk.scrub_interval).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
         }
     }
 }

@@ -57,7 +57,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.memory.max_object_bytes.as_u64(),
     );
     let bounds = Bounds::new(&config.disk);
-    let disk = DiskTier::open_bounded(&config.data_dir.join("cache"), bounds, metrics.clone())?;
+    let disk = DiskTier::open_bounded(&config.data_dir.join("cache"), bounds, metrics.clone())?
+        .with_scrub(config.disk.scrub_interval);
     let cache = TieredCache::new(memory, disk, shared);
     cache.spawn_catch_up();
     let upstreams = Upstreams::from_config(config, &metrics)?;

@@ -1,7 +1,8 @@
 //! Damage on disk heals and is never served as good: a cached layer whose
 //! file was altered or cut short, while the replica runs or before it
 //! restarts, is found when it is next asked for, deleted, and fetched
-//! again in the same request; the pull after that is a hit.
+//! again in the same request; the pull after that is a hit. Damage no one
+//! asks for is found by the background scrub.
 
 mod support;
 
@@ -118,4 +119,50 @@ async fn an_altered_file_is_found_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_file_is_found_after_a_restart() {
     heals(true, true).await;
+}
+
+/// Damage nobody asks for is found by the scrub: it deletes the bad file
+/// (and only that one) before any client meets it, and the next pull
+/// fetches a good copy.
+#[tokio::test]
+async fn the_scrub_finds_damage_no_pull_has_met() {
+    let sim = HubSim::start().await;
+    let (good, bad) = (random_bytes(3 << 20, 95), random_bytes(3 << 20, 96));
+    let image = sim.push_image("library/damaged", "1", &[good.clone(), bad.clone()]);
+    let (good_digest, bad_digest) = (&image.layer_digests[0], &image.layer_digests[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = proxy::config(&sim.registry_url, dir.path());
+    config.memory.max_bytes = ByteSize::b(0);
+    config.disk.scrub_interval = std::time::Duration::from_secs(1);
+    let proxy = Proxy::start(config).await;
+    get_layer(&sim, &proxy, good_digest, &good).await;
+    get_layer(&sim, &proxy, bad_digest, &bad).await;
+    settled(&proxy).await;
+    damage(&blob_file(dir.path(), bad_digest), false);
+
+    let corrupt = || proxy.metric("pullthrough_cache_corrupt_total", &[("tier", "disk")]);
+    for _ in 0..100 {
+        if corrupt() > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(corrupt(), 1.0, "found by the scrub, with no request");
+    assert!(!blob_file(dir.path(), bad_digest).exists(), "deleted");
+    assert!(
+        blob_file(dir.path(), good_digest).exists(),
+        "the good one stays"
+    );
+    assert!(proxy.metric("pullthrough_cache_scrubbed_bytes_total", &[]) >= (3 << 20) as f64);
+    assert_eq!(
+        get_layer(&sim, &proxy, bad_digest, &bad).await,
+        1,
+        "fetched again"
+    );
+    assert_eq!(
+        get_layer(&sim, &proxy, bad_digest, &bad).await,
+        0,
+        "then a hit"
+    );
+    assert_eq!(get_layer(&sim, &proxy, good_digest, &good).await, 0);
 }

@@ -13,7 +13,9 @@
 //!
 //! A file is served only as verified (see `verify`): one this process
 //! did not store or has not hashed since, or that changed since, is hashed
-//! first, and a damaged one is deleted and is a miss.
+//! first, and a damaged one is deleted and is a miss. A slow scrub hashes
+//! every file again once a day, for damage that changes nothing else (see
+//! `scrub`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -24,6 +26,7 @@ use std::time::SystemTime;
 
 use super::evict::{Bounds, Evictor};
 use super::probe::DiskProbe;
+use super::scrub::{Scrub, Scrubber};
 use super::verify::{Fingerprint, Verifications};
 use super::{
     CacheError, Content, Object, ObjectKey, ObjectKind, ObjectMeta, Payload, Tier, Verified,
@@ -42,6 +45,8 @@ pub struct DiskTier {
     probe: DiskProbe,
     verified: Verifications,
     metrics: Metrics,
+    /// The scrub's thread, when one runs; stopped with the tier.
+    _scrub: Option<Scrub>,
 }
 
 /// Numbers temporary files uniquely within this process.
@@ -119,7 +124,23 @@ impl DiskTier {
             evictor,
             verified: Verifications::default(),
             metrics,
+            _scrub: None,
         })
+    }
+
+    /// The tier, with every file hashed again once per `interval` in the
+    /// background (see `scrub`); zero runs no scrub.
+    pub fn with_scrub(mut self, interval: std::time::Duration) -> Self {
+        if !interval.is_zero() {
+            let scrubber = Scrubber {
+                root: self.root.clone(),
+                evictor: self.evictor.clone(),
+                verified: self.verified.clone(),
+                metrics: self.metrics.clone(),
+            };
+            self._scrub = Some(scrubber.start(interval));
+        }
+        self
     }
 
     /// The tier's accounting, pins and holds.

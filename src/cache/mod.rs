@@ -17,6 +17,7 @@ mod probe;
 mod read;
 mod relay;
 mod s3;
+mod scrub;
 mod tiered;
 mod verify;
 mod view;
@@ -240,7 +241,7 @@ pub fn object_path(key: &ObjectKey) -> PathBuf {
 }
 
 /// The directory of the disk tier that holds objects of `kind`.
-fn object_path_kind(kind: ObjectKind) -> &'static str {
+pub(crate) fn object_path_kind(kind: ObjectKind) -> &'static str {
     match kind {
         ObjectKind::Manifest => "manifests",
         ObjectKind::Blob => "blobs",

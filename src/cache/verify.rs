@@ -19,7 +19,8 @@
 //! already whole. Hashing up front costs the first request for an object
 //! after a restart the time of one hash (SHA-256 at about a gigabyte a
 //! second), and every later hit a hash-map probe. Damage that moves no
-//! fingerprint (bit rot under an unchanged inode) is not caught here.
+//! fingerprint (bit rot under an unchanged inode) is not caught here but by
+//! the scrub (see `scrub`).
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -58,6 +59,16 @@ impl Fingerprint {
             ctime: meta.ctime(),
             ctime_nsec: meta.ctime_nsec(),
         }
+    }
+
+    /// The file's length.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The file's inode number.
+    pub(super) fn ino(&self) -> u64 {
+        self.ino
     }
 }
 
@@ -100,8 +111,9 @@ impl Verifications {
             .checks
             .run(key.clone(), async move {
                 let digest = work_key.digest.clone();
-                let hashed = blocking::run(move || hashes_to(&file, print.len, &digest)).await;
-                let good = matches!(hashed, Ok(Ok(true)));
+                let hashed =
+                    blocking::run(move || hashes_to(&file, print.len, &digest, |_| true)).await;
+                let good = matches!(hashed, Ok(Ok(Some(true))));
                 if good {
                     this.trust(&work_key, print);
                 }
@@ -113,19 +125,28 @@ impl Verifications {
 }
 
 /// Whether the `len` bytes of `file` hash to `digest`; a file shorter than
-/// `len` does not.
-fn hashes_to(file: &File, len: u64, digest: &crate::digest::Digest) -> io::Result<bool> {
+/// `len` does not. `read` hears of each piece read, and stops the hashing
+/// (`None`) by returning false.
+pub(super) fn hashes_to(
+    file: &File,
+    len: u64,
+    digest: &crate::digest::Digest,
+    mut read: impl FnMut(usize) -> bool,
+) -> io::Result<Option<bool>> {
     let mut hasher = Hasher::new(digest.algorithm());
     let mut buf = vec![0; CHUNK];
     let mut at = 0;
     while at < len {
         let want = CHUNK.min((len - at) as usize);
-        let read = file.read_at(&mut buf[..want], at)?;
-        if read == 0 {
-            return Ok(false);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Ok(Some(false));
         }
-        hasher.update(&buf[..read]);
-        at += read as u64;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+        if !read(n) {
+            return Ok(None);
+        }
     }
-    Ok(hasher.finish() == *digest)
+    Ok(Some(hasher.finish() == *digest))
 }

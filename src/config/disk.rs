@@ -35,6 +35,11 @@ pub struct DiskConfig {
     /// spare. Holds yield to the cap when nothing else is left to evict.
     #[serde(with = "humantime_serde")]
     pub pull_hold: Duration,
+    /// Every cached file is hashed again once per this interval, slowly
+    /// and at the lowest priority, to find damage that nothing else shows
+    /// (see `cache::scrub`); `0s` turns the scrub off.
+    #[serde(with = "humantime_serde")]
+    pub scrub_interval: Duration,
 }
 
 impl Default for DiskConfig {
@@ -48,6 +53,7 @@ impl Default for DiskConfig {
             low_watermark: 85,
             max_tag_records: 100_000,
             pull_hold: Duration::from_secs(15 * 60),
+            scrub_interval: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -45,6 +45,7 @@ use std::time::Duration;
 
 pub use bounds::{Bounds, FsUsage, Limits};
 pub use refs::{References, references};
+pub(super) use thread::walk_dir;
 
 use super::{ObjectKey, ObjectKind};
 use crate::clock::now_ms;
@@ -52,7 +53,7 @@ use crate::digest::Digest;
 use crate::metrics::Metrics;
 use index::Index;
 use pins::Pins;
-use thread::{Wake, run, walk_dir};
+use thread::{Wake, run};
 
 /// How often the bounds are checked when no store asks.
 const PASS_EVERY: Duration = Duration::from_secs(30);

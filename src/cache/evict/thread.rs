@@ -15,7 +15,11 @@ use crate::digest::Digest;
 /// Calls `found` with each object under `dir` (`<algorithm>/<xx>/<hex>`):
 /// its key, its bytes on disk (a manifest's media type included) and its
 /// mtime. Unreadable entries are skipped: they are counted when hit.
-pub(super) fn walk_dir(dir: &Path, kind: ObjectKind, found: &mut impl FnMut(ObjectKey, u64, u64)) {
+pub(in crate::cache) fn walk_dir(
+    dir: &Path,
+    kind: ObjectKind,
+    found: &mut impl FnMut(ObjectKey, u64, u64),
+) {
     let read = |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().flatten();
     for algorithm in read(dir) {
         for shard in read(&algorithm.path()) {
