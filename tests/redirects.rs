@@ -118,6 +118,44 @@ async fn a_cold_pull_follows_every_redirect_and_a_warm_pull_asks_nothing() {
     assert_eq!(listed["tags"], serde_json::json!(["3.9"]));
 }
 
+/// The tag list comes back named as the client asked, and its next page
+/// linked on the client's path, by prefix or by `ns`, not on the path the
+/// redirect led to (which this mirror does not route).
+#[tokio::test]
+async fn the_tag_list_pages_on_the_clients_path_through_the_redirect() {
+    let k = k8s(LONG).await;
+    for tag in ["3.7", "3.8"] {
+        put_image(&k.sim, tag, &k.pause);
+    }
+    let client = Client::new(&k.proxy.url);
+    for (first, ns) in [
+        (format!("/v2/{K8S}/pause/tags/list?n=2"), ""),
+        (
+            format!("/v2/pause/tags/list?n=2&ns={K8S}"),
+            "&ns=registry.k8s.io",
+        ),
+    ] {
+        let page = client.get(&first).await;
+        assert_eq!(page.status, 200);
+        let listed: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+        assert_eq!(listed["tags"], serde_json::json!(["3.7", "3.8"]));
+        let name = if ns.is_empty() {
+            format!("{K8S}/pause")
+        } else {
+            "pause".into()
+        };
+        assert_eq!(listed["name"], name.as_str());
+        let next = format!("/v2/{name}/tags/list?n=2&last=3.8{ns}");
+        assert_eq!(page.header("link"), format!("<{next}>; rel=\"next\""));
+
+        let rest = client.get(&next).await;
+        assert_eq!(rest.status, 200);
+        let listed: serde_json::Value = serde_json::from_slice(&rest.body).unwrap();
+        assert_eq!(listed["tags"], serde_json::json!(["3.9"]));
+        assert_eq!(rest.header("link"), "", "the last page");
+    }
+}
+
 #[tokio::test]
 async fn after_the_ttl_a_tag_is_revalidated_through_the_redirect_and_a_move_is_seen() {
     let k = k8s(TTL).await;

@@ -5,7 +5,7 @@ use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::access::ServedImage;
-use super::{ApiError, AppState, query_param, resolve};
+use super::{ApiError, AppState, pagination, query_param, resolve};
 use crate::reference::Reference;
 use crate::registry::{AcceptSet, Caller, ManifestReply, Outcome};
 
@@ -55,7 +55,8 @@ fn manifest_response(reply: ManifestReply) -> Response {
     response
 }
 
-/// `GET /v2/<name>/tags/list`, relayed with the client's `n` and `last`.
+/// `GET /v2/<name>/tags/list`, relayed with the client's `n` and `last`,
+/// named and linked on as the client asked (see `pagination`).
 pub async fn tags_list(
     state: &AppState,
     query: Option<&str>,
@@ -66,14 +67,24 @@ pub async fn tags_list(
         .iter()
         .filter_map(|p| query_param(query, p).map(|v| format!("{p}={v}")))
         .collect();
-    let relayed = state
+    let mut relayed = state
         .registry
         .tags_list(&upstream, &repo, Some(&forwarded.join("&")))
         .await?;
-    let mut response = Response::new(Body::from(relayed.body));
+    let ok = relayed.status.is_success();
+    let body = match ok {
+        true => pagination::renamed(relayed.body, name),
+        false => relayed.body,
+    };
+    let next = relayed.headers.remove(header::LINK);
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() =
         StatusCode::from_u16(relayed.status.as_u16()).unwrap_or(StatusCode::OK);
     response.headers_mut().extend(relayed.headers);
+    let ns = query_param(query, "ns");
+    if let Some(next) = next.and_then(|link| pagination::next_link(&link, name, ns)) {
+        response.headers_mut().insert(header::LINK, next);
+    }
     response.extensions_mut().insert(Outcome::Relayed);
     Ok(response)
 }

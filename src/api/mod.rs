@@ -18,6 +18,7 @@ mod client;
 mod error;
 mod health;
 mod manifests;
+mod pagination;
 mod peer;
 pub(crate) mod range;
 mod referrers;
