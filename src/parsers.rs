@@ -11,4 +11,5 @@ pub use crate::registry::{AcceptSet, KNOWN_MANIFEST_TYPES};
 pub use crate::upstream::Challenge;
 pub use crate::upstream::budget::{quota, retry_after};
 pub use crate::upstream::manifest::{check as check_manifest, check_type as check_manifest_type};
+pub use crate::upstream::next_page;
 pub use crate::upstream::resume::resumed_at;

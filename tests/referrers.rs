@@ -178,3 +178,89 @@ async fn an_upstream_without_the_api_gets_the_tag_schema_fallback() {
     assert_eq!(cosign.status, 200);
     assert_eq!(cosign.body, sig);
 }
+
+/// The upstream with the API, an image and two referrers of it, pages of
+/// `page` descriptors (`None`: one page), and pullthrough in front with a
+/// long TTL on `dir`.
+async fn with_referrers(
+    page: Option<usize>,
+    dir: &std::path::Path,
+) -> (HubSim, Proxy, String, Vec<String>) {
+    let sim = HubSim::start_with(SimOptions {
+        referrers_api: true,
+        referrers_page: page,
+        ..SimOptions::default()
+    })
+    .await;
+    let app = image(Format::Oci, "amd64", &[1_000], 61);
+    sim.put_manifest("org/app", Some("1.0"), OCI_MANIFEST, app.manifest.clone());
+    let referrers = [(SIG, 1), (SBOM, 2)]
+        .into_iter()
+        .map(|(kind, seed)| {
+            let made = artifact(OCI_MANIFEST, &app.manifest, kind, seed);
+            sim.put_manifest("org/app", None, OCI_MANIFEST, made)
+        })
+        .collect();
+    let proxy = Proxy::start(config(&sim.registry_url, dir)).await;
+    (sim, proxy, app.digest, referrers)
+}
+
+/// Answers are kept on disk: after a restart, within the TTL, upstream is
+/// not asked; with upstream gone, the answer is still served.
+#[tokio::test]
+async fn an_answer_outlives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, proxy, digest, referrers) = with_referrers(None, dir.path()).await;
+    let path = format!("/v2/org/app/referrers/{digest}");
+    assert_eq!(
+        listed(&Client::new(&proxy.url).get(&path).await),
+        sorted(referrers.clone())
+    );
+    // Saved in the background: wait for the file before stopping.
+    let saved = dir.path().join("tags/referrers");
+    support::wait_until(|| std::fs::read_dir(&saved).unwrap().count() == 1).await;
+    proxy.stop().await;
+
+    sim.reset_counters();
+    let proxy = Proxy::start(config(&sim.registry_url, dir.path())).await;
+    let again = Client::new(&proxy.url).get(&path).await;
+    assert_eq!(listed(&again), sorted(referrers.clone()));
+    assert_eq!(sim.counters().total, 0, "{:?}", sim.requests());
+    assert_eq!(proxy.outcomes("hit-disk"), 1);
+}
+
+/// An upstream that pages its answer: each page cached on its own, and
+/// the next page linked on the client's path (with its `ns`), never on
+/// upstream's.
+#[tokio::test]
+async fn a_paged_answer_links_on_through_the_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, proxy, digest, referrers) = with_referrers(Some(1), dir.path()).await;
+    let client = Client::new(&proxy.url);
+    for (first, ns) in [
+        (format!("/v2/org/app/referrers/{digest}"), ""),
+        (
+            format!("/v2/org/app/referrers/{digest}?ns=docker.io"),
+            "&ns=docker.io",
+        ),
+    ] {
+        let page = client.get(&first).await;
+        assert_eq!(page.status, 200);
+        let next = format!("/v2/org/app/referrers/{digest}?next=1{ns}");
+        assert_eq!(page.header("link"), format!("<{next}>; rel=\"next\""));
+        let rest = client.get(&next).await;
+        assert_eq!(rest.status, 200);
+        assert_eq!(rest.header("link"), "", "the last page");
+        let mut both = listed(&page);
+        both.extend(listed(&rest));
+        assert_eq!(sorted(both), sorted(referrers.clone()));
+    }
+    // Each page asked once: the second round came from the cache.
+    let asked = |text: &str| sim.requests().iter().filter(|r| r.contains(text)).count();
+    assert_eq!(
+        asked(&format!("/referrers/{digest}?next=1")),
+        1,
+        "{:?}",
+        sim.requests()
+    );
+}

@@ -442,3 +442,43 @@ async fn an_empty_blob_in_the_bucket_is_served() {
     assert_eq!(c.sim.counters().total, 0, "found in the bucket");
     assert_eq!(c.b.health().await.unwrap()["s3"], "ok");
 }
+
+/// A referrers answer one replica got is in the bucket, and the other
+/// replica serves it without asking upstream.
+#[tokio::test]
+async fn a_referrers_answer_is_shared_through_the_bucket() {
+    use support::artifact::{OCI_MANIFEST, artifact};
+    use support::hubsim::SimOptions;
+    use support::image::{Format, image};
+
+    let sim = HubSim::start_with(SimOptions {
+        referrers_api: true,
+        ..SimOptions::default()
+    })
+    .await;
+    let app = image(Format::Oci, "amd64", &[1_000], 62);
+    sim.put_manifest("org/app", Some("1"), OCI_MANIFEST, app.manifest.clone());
+    let sig = artifact(
+        OCI_MANIFEST,
+        &app.manifest,
+        "application/vnd.example.sig",
+        1,
+    );
+    let sig_digest = sim.put_manifest("org/app", None, OCI_MANIFEST, sig);
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&sim, &s3, &dir.path().join("a"), "5m").await;
+    let b = replica(&sim, &s3, &dir.path().join("b"), "5m").await;
+    let path = format!("/v2/org/app/referrers/{}", app.digest);
+
+    let first = Client::new(&a.url).get(&path).await;
+    assert_eq!(first.status, 200);
+    assert!(String::from_utf8_lossy(&first.body).contains(&sig_digest));
+    let shared = format!("{PREFIX}tags/referrers/");
+    wait_until_async(async || s3.keys(BUCKET, &shared).await.len() == 1).await;
+    sim.reset_counters();
+    let second = Client::new(&b.url).get(&path).await;
+    assert_eq!(second.body, first.body);
+    assert_eq!(sim.counters().total, 0, "{:?}", sim.requests());
+}

@@ -32,22 +32,24 @@ pub(super) fn renamed(body: Bytes, name: &str) -> Bytes {
 /// `ns`; `None` when there is no next page (or the link says nothing
 /// this mirror can follow).
 pub(super) fn next_link(link: &HeaderValue, name: &str, ns: Option<&str>) -> Option<HeaderValue> {
-    let link = link.to_str().ok()?;
-    let target = link
-        .split(',')
-        .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))?;
-    let (_, rest) = target.split_once('<')?;
-    let (url, _) = rest.split_once('>')?;
-    let query = url.split_once('?').map(|(_, q)| q);
-    let mut params: Vec<String> = ["n", "last"]
+    let query = Some(crate::upstream::next_page(link.to_str().ok()?)?);
+    let params: Vec<String> = ["n", "last"]
         .iter()
         .filter_map(|p| query_param(query, p).map(|v| format!("{p}={v}")))
         .collect();
-    if let Some(ns) = ns {
-        params.push(format!("ns={ns}"));
-    }
-    let next = format!("</v2/{name}/tags/list?{}>; rel=\"next\"", params.join("&"));
-    HeaderValue::from_str(&next).ok()
+    link_on(&format!("/v2/{name}/tags/list"), &params.join("&"), ns)
+}
+
+/// A `Link` to the next page at `path` (the client's) with `query` and the
+/// client's `ns`.
+pub(super) fn link_on(path: &str, query: &str, ns: Option<&str>) -> Option<HeaderValue> {
+    let ns = ns.map(|ns| format!("ns={ns}"));
+    let query: Vec<&str> = [Some(query), ns.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
+    HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", query.join("&"))).ok()
 }
 
 #[cfg(test)]

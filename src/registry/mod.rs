@@ -14,6 +14,7 @@ mod handoff_tests;
 mod manifests;
 mod ops;
 mod referrers;
+mod referrers_store;
 mod share;
 mod tag_prune;
 mod tag_store;
@@ -140,7 +141,7 @@ struct Inner {
     upstreams: Upstreams,
     cache: TieredCache,
     tags: TagStore,
-    referrers: referrers::ReferrersStore,
+    referrers: referrers_store::ReferrersStore,
     blob_flights: Flights,
     manifest_fetches: SingleFlight<ObjectKey, Option<Result<ManifestReply, RegistryError>>>,
     tag_checks: SingleFlight<tagged::CheckKey, Option<Result<tagged::TagCheck, RegistryError>>>,
@@ -172,11 +173,18 @@ impl Registry {
                     source,
                 }
             })?;
+        let referrers =
+            referrers_store::ReferrersStore::open(&data_dir.join("tags"), cache.shared().cloned())
+                .map_err(|source| CacheError::Io {
+                    tier: "disk",
+                    context: "opening the referrers answers".into(),
+                    source,
+                })?;
         let inner = Inner {
             upstreams,
             cache,
             tags,
-            referrers: Default::default(),
+            referrers,
             blob_flights: Flights::new(config.memory.download_bytes(), metrics.clone()),
             manifest_fetches: SingleFlight::default(),
             tag_checks: SingleFlight::default(),

@@ -5,67 +5,26 @@
 //! upstream without the referrers API (404 on the endpoint) gets the
 //! distribution-spec's fallback, answered here: the index under the
 //! referrers tag schema's `<alg>-<ref>` tag, filtered by `artifactType`,
-//! else an empty image index. Answers live in memory only: losing them costs
-//! one upstream request each.
+//! else an empty image index. Answers are kept like tags, in memory, on
+//! disk and in the shared tier (see `referrers_store`). An upstream that
+//! pages its answer sends a `Link` to the next page: its query is kept with
+//! the answer and handed to the client on the client's own path.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
-use moka::sync::Cache;
 use serde_json::{Value, json};
 
+use super::referrers_store::{ReferrersKey, ReferrersRecord};
 use super::{AcceptSet, Caller, ClientId, Outcome, Registry, RegistryError};
 use crate::clock::now_ms;
 use crate::digest::Digest;
 use crate::reference::{Reference, RepoName, Tag};
 use crate::upstream::{ErrorKind, OCI_INDEX, Upstream, is_index};
 
-/// Referrers answers kept in memory.
-const MEMORY_ANSWERS: u64 = 10_000;
-
 /// The filter name the spec defines, sent in `OCI-Filters-Applied`.
 const ARTIFACT_TYPE: &str = "artifactType";
-
-/// One referrers question: the upstream, repository, subject digest and the
-/// raw `artifactType` filter (which changes the answer).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct ReferrersKey {
-    upstream: String,
-    repo: String,
-    digest: String,
-    artifact_type: Option<String>,
-}
-
-/// A cached answer and when upstream last confirmed it.
-#[derive(Clone, Debug)]
-struct ReferrersRecord {
-    body: Bytes,
-    /// The `OCI-Filters-Applied` value to send with it.
-    filters_applied: Option<HeaderValue>,
-    validated_at_ms: u64,
-    failed_at_ms: Option<u64>,
-}
-
-impl ReferrersRecord {
-    fn is_fresh(&self, now: u64, ttl: Duration, retry: Duration) -> bool {
-        let valid_until = self.validated_at_ms.saturating_add(ttl.as_millis() as u64);
-        let retry_at = self
-            .failed_at_ms
-            .map_or(0, |f| f.saturating_add(retry.as_millis() as u64));
-        now < valid_until.max(retry_at)
-    }
-}
-
-/// The in-memory referrers answers.
-pub(super) struct ReferrersStore(Cache<ReferrersKey, ReferrersRecord>);
-
-impl Default for ReferrersStore {
-    fn default() -> Self {
-        ReferrersStore(Cache::new(MEMORY_ANSWERS))
-    }
-}
 
 /// A referrers answer for the API: an image index and its filter header.
 #[derive(Clone, Debug)]
@@ -73,83 +32,106 @@ pub struct ReferrersReply {
     pub body: Bytes,
     /// `OCI-Filters-Applied`, when the list was filtered.
     pub filters_applied: Option<HeaderValue>,
+    /// The query of the next page, when upstream paginated the answer.
+    pub next: Option<String>,
     pub outcome: Outcome,
 }
 
 impl Registry {
-    /// The referrers of `digest` in `repo`, filtered by the client's raw
-    /// (percent-encoded) `artifact_type` when given; the spec's fallback
-    /// tag is pulled on `client`'s share.
+    /// The referrers of `digest` in `repo`, as the client's `query` (its
+    /// raw, percent-encoded `artifactType` filter and a page's parameters,
+    /// without `ns`) asks; the spec's fallback tag is pulled on `client`'s
+    /// share.
     pub async fn referrers(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-        artifact_type: Option<&str>,
+        query: &str,
         client: &ClientId,
     ) -> Result<ReferrersReply, RegistryError> {
         let key = ReferrersKey {
             upstream: upstream.name().to_owned(),
             repo: repo.to_string(),
             digest: digest.to_string(),
-            artifact_type: artifact_type.map(str::to_owned),
+            query: query.to_owned(),
         };
-        let store = &self.inner.referrers.0;
-        let known = store.get(&key);
+        let store = &self.inner.referrers;
+        let (known, tier) = store.get(&key).await.unzip();
         let now = now_ms();
-        if let Some(record) = known.as_ref()
+        if let (Some(record), Some(tier)) = (known.as_ref(), tier)
             && record.is_fresh(now, upstream.tag_ttl(), self.inner.stale_retry)
         {
-            return Ok(reply(record, Outcome::Hit("memory")));
+            return Ok(reply(record, Outcome::Hit(tier)));
         }
         match self
-            .fetch_referrers(upstream, repo, digest, artifact_type, client)
+            .fetch_referrers(upstream, repo, digest, query, client)
             .await
         {
-            Ok((body, filters_applied)) => {
+            Ok(fetched) => {
                 let record = ReferrersRecord {
-                    body,
-                    filters_applied,
                     validated_at_ms: now_ms(),
                     failed_at_ms: None,
+                    ..fetched
                 };
-                store.insert(key, record.clone());
+                store.put(&key, record.clone());
                 Ok(reply(&record, Outcome::Miss))
             }
             Err(RegistryError::Upstream(e)) if e.is_transient() && known.is_some() => {
                 let mut record = known.expect("checked above");
                 tracing::warn!(error = %e, "referrers refresh failed; serving the cached answer");
                 record.failed_at_ms = Some(now_ms());
-                store.insert(key, record.clone());
+                store.put(&key, record.clone());
                 Ok(reply(&record, Outcome::Stale))
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Upstream's answer, or the spec's fallback when it has no referrers API.
+    /// Upstream's answer, or the spec's fallback when it has no referrers
+    /// API (never paged), as a record yet to be dated.
     async fn fetch_referrers(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-        artifact_type: Option<&str>,
+        query: &str,
         client: &ClientId,
-    ) -> Result<(Bytes, Option<HeaderValue>), RegistryError> {
-        match upstream.referrers(repo, digest, artifact_type).await {
+    ) -> Result<ReferrersRecord, RegistryError> {
+        let artifact_type = query_value(query, ARTIFACT_TYPE);
+        let answer = match upstream.referrers(repo, digest, query).await {
             Ok(relayed) => {
-                let filters = relayed
-                    .headers
-                    .get(crate::upstream::FILTERS_APPLIED)
-                    .cloned();
-                Ok((relayed.body, filters))
+                let header = |name| {
+                    relayed
+                        .headers
+                        .get(name)
+                        .and_then(|v: &HeaderValue| v.to_str().ok())
+                };
+                let filters = header(crate::upstream::FILTERS_APPLIED).map(str::to_owned);
+                let next = header(header::LINK.as_str())
+                    .and_then(crate::upstream::next_page)
+                    .map(str::to_owned);
+                (relayed.body, filters, next)
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
-                self.referrers_from_tag(upstream, repo, digest, artifact_type, client)
-                    .await
+                let (body, filters) = self
+                    .referrers_from_tag(upstream, repo, digest, artifact_type, client)
+                    .await?;
+                let filters = filters.and_then(|v| v.to_str().ok().map(str::to_owned));
+                (body, filters, None)
             }
-            Err(e) => Err(RegistryError::Upstream(e)),
-        }
+            Err(e) => return Err(RegistryError::Upstream(e)),
+        };
+        let (body, filters_applied, next) = answer;
+        // JSON checked as an index (or built here), so UTF-8 already.
+        let body = String::from_utf8_lossy(&body).into_owned();
+        Ok(ReferrersRecord {
+            body,
+            filters_applied,
+            next,
+            validated_at_ms: 0,
+            failed_at_ms: None,
+        })
     }
 
     /// The spec's fallback: the index under the `<alg>-<ref>` tag, filtered
@@ -216,10 +198,22 @@ impl Registry {
 
 fn reply(record: &ReferrersRecord, outcome: Outcome) -> ReferrersReply {
     ReferrersReply {
-        body: record.body.clone(),
-        filters_applied: record.filters_applied.clone(),
+        body: Bytes::from(record.body.clone()),
+        filters_applied: record
+            .filters_applied
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok()),
+        next: record.next.clone(),
         outcome,
     }
+}
+
+/// The raw value of `name` in `query`, when given and not empty.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then_some(v)
+    })
 }
 
 /// The referrers tag schema's tag for `digest`: the algorithm truncated to

@@ -3,7 +3,7 @@
 //! that digest. What comes back is checked to be such an index before a
 //! caller can cache it.
 
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderName, Method, header};
 
 use super::exchange::Ask;
 use super::{ErrorKind, MAX_MANIFEST_BYTES, Relayed, Upstream, UpstreamError};
@@ -17,20 +17,21 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const FILTERS_APPLIED: &str = "oci-filters-applied";
 
 impl Upstream {
-    /// GETs the referrers of `digest`, passing the client's raw
-    /// (still percent-encoded) `artifactType` filter on. A registry without
+    /// GETs the referrers of `digest`, passing the client's raw query (its
+    /// still percent-encoded `artifactType` filter, a page's parameters)
+    /// on, and relaying the filter and paging headers. A registry without
     /// the API answers 404, an [`ErrorKind::NotFound`] error; a 200 whose
     /// body is not an image index is [`ErrorKind::Invalid`].
     pub async fn referrers(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        artifact_type: Option<&str>,
+        query: &str,
     ) -> Result<Relayed, UpstreamError> {
         let mut path = format!("/v2/{repo}/referrers/{digest}");
-        if let Some(t) = artifact_type {
-            path.push_str("?artifactType=");
-            path.push_str(t);
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(query);
         }
         let (response, _slot) = self
             .fetch(Ask {
@@ -46,8 +47,10 @@ impl Upstream {
         let status = response.status();
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, OCI_INDEX.parse().expect("valid"));
-        if let Some(v) = response.headers().get(FILTERS_APPLIED) {
-            headers.insert(FILTERS_APPLIED, v.clone());
+        for name in [HeaderName::from_static(FILTERS_APPLIED), header::LINK] {
+            if let Some(v) = response.headers().get(&name) {
+                headers.insert(name, v.clone());
+            }
         }
         let body = self.read_limited(response, MAX_MANIFEST_BYTES).await?;
         if !is_index(&body) {

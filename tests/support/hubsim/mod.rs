@@ -124,6 +124,9 @@ pub struct SimOptions {
     /// Serve the OCI 1.1 referrers API; without it the endpoint is 404,
     /// as on registries that predate it.
     pub referrers_api: bool,
+    /// Page referrers answers this many descriptors at a time, with a
+    /// `Link` to the next page (`?next=<offset>`); `None` = one page.
+    pub referrers_page: Option<usize>,
     /// Bandwidth of each CDN GET body in bytes per second; `None` (or 0) =
     /// as fast as loopback goes. A slow upstream holds a download in flight
     /// long enough for a whole fleet of clients to join it.

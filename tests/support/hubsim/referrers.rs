@@ -3,7 +3,8 @@
 //! on: an image index of every manifest in the repository whose `subject`
 //! is the digest, each descriptor carrying its `artifactType` (or its
 //! config's media type) and annotations, filtered by `?artifactType=` with
-//! `OCI-Filters-Applied: artifactType` when asked.
+//! `OCI-Filters-Applied: artifactType` when asked; paged with a `Link` when
+//! [`SimOptions::referrers_page`](super::SimOptions::referrers_page) says.
 
 use axum::response::Response;
 use http::StatusCode;
@@ -47,10 +48,26 @@ pub(super) fn list(sim: &Shared, parts: &Parts, name: &str, digest: &str) -> Res
         })
         .filter(|d| wanted.is_none_or(|w| d["artifactType"].as_str() == Some(w)))
         .collect();
-    let body = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    let from: usize = query_get(&query, "next")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let size = sim.referrers_page.unwrap_or(usize::MAX);
+    let page: Vec<Value> = manifests.iter().skip(from).take(size).cloned().collect();
+    let more = from.saturating_add(size) < manifests.len();
+    let body = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": page});
     let mut resp = with_body(StatusCode::OK, OCI_INDEX, body.to_string());
     if wanted.is_some() {
         set_header(resp.headers_mut(), "oci-filters-applied", "artifactType");
+    }
+    if more {
+        let filter = wanted
+            .map(|w| format!("&artifactType={w}"))
+            .unwrap_or_default();
+        let link = format!(
+            "</v2/{name}/referrers/{digest}?next={}{filter}>; rel=\"next\"",
+            from + size
+        );
+        set_header(resp.headers_mut(), "link", &link);
     }
     resp
 }

@@ -141,6 +141,7 @@ pub(super) struct Shared {
     pub auth: super::SimAuth,
     pub blob_redirect: http::StatusCode,
     pub referrers_api: bool,
+    pub referrers_page: Option<usize>,
     /// See [`super::SimOptions::cdn_bytes_per_sec`]; never `Some(0)`.
     pub cdn_bytes_per_sec: Option<u64>,
     pub counters: AtomicCounters,
@@ -176,6 +177,7 @@ impl Shared {
             blob_redirect: http::StatusCode::from_u16(opts.blob_redirect.unwrap_or(307))
                 .expect("a redirect status"),
             referrers_api: opts.referrers_api,
+            referrers_page: opts.referrers_page,
             cdn_bytes_per_sec: opts.cdn_bytes_per_sec.filter(|&rate| rate > 0),
             counters: AtomicCounters::default(),
             blobs: Mutex::default(),
