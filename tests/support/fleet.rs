@@ -2,6 +2,9 @@
 //! port and data directory, each told every member (itself included), its
 //! own URL and the shared cluster secret, as a deployment would.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use super::process::Replica;
 use super::registry::free_port;
 
@@ -12,6 +15,11 @@ pub const SECRET: &str = "fleet-test-secret-0123456789";
 pub struct Fleet {
     pub replicas: Vec<Replica>,
     pub dir: tempfile::TempDir,
+    /// How each replica was started, to start it again.
+    ports: Vec<u16>,
+    upstream_url: String,
+    flags: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// `http://127.0.0.1:<port>`.
@@ -61,18 +69,71 @@ impl Fleet {
         env: &[(&str, &str)],
     ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let peers = members.join(",");
-        let mut env = env.to_vec();
-        env.push(("PULLTHROUGH_CLUSTER_SECRET", SECRET));
-        let mut replicas = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
-            let me = url(*port);
-            let mut flags = vec!["--peers", &peers, "--advertise", &me];
-            flags.extend_from_slice(extra);
-            let data = dir.path().join(format!("replica-{i}"));
-            replicas.push(Replica::start_on(*port, upstream_url, &data, &flags, &env).await);
+        Fleet::start_in(dir, ports, members, upstream_url, extra, env).await
+    }
+
+    /// As [`Fleet::start_listing`], in `dir`: replica `i` keeps its data
+    /// in [`data_dir`]`(dir, i)`, which the caller may have prepared (a
+    /// small file system mounted there, say).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        ports: &[u16],
+        members: &[String],
+        upstream_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Fleet {
+        let mut flags = vec!["--peers".to_owned(), members.join(",")];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("PULLTHROUGH_CLUSTER_SECRET".to_owned(), SECRET.to_owned()));
+        let mut fleet = Fleet {
+            replicas: Vec::new(),
+            dir,
+            ports: ports.to_vec(),
+            upstream_url: upstream_url.to_owned(),
+            flags,
+            env,
+        };
+        for i in 0..ports.len() {
+            let replica = fleet.start_replica(i).await;
+            fleet.replicas.push(replica);
         }
-        Fleet { replicas, dir }
+        fleet
+    }
+
+    /// Starts replica `i` on its port and data directory, and waits until
+    /// it serves.
+    async fn start_replica(&self, i: usize) -> Replica {
+        let me = url(self.ports[i]);
+        let mut flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        flags.extend(["--advertise", &me]);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let data = data_dir(self.dir.path(), i);
+        Replica::start_on(self.ports[i], &self.upstream_url, &data, &flags, &env).await
+    }
+
+    /// Kills replica `i` with SIGKILL, as the OOM killer or a lost node
+    /// does (nothing is flushed or closed), and waits until it is gone.
+    pub async fn kill(&mut self, i: usize) {
+        let pid = self.replicas[i].pid() as libc::pid_t;
+        // SAFETY: kill only sends a signal, to a child this fleet started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let exited = self.replicas[i].exited(Duration::from_secs(5)).await;
+        assert!(exited.is_some(), "replica {i} exits on SIGKILL");
+    }
+
+    /// Starts replica `i` again, after [`Fleet::kill`], on the same port
+    /// and data directory, and waits until it serves.
+    pub async fn restart(&mut self, i: usize) {
+        self.replicas[i] = self.start_replica(i).await;
     }
 
     /// A metric summed over every replica still answering.
@@ -88,7 +149,12 @@ impl Fleet {
 
     /// The log of replica `i`, for a failure message.
     pub fn log(&self, i: usize) -> String {
-        let path = self.dir.path().join(format!("replica-{i}.log"));
+        let path = data_dir(self.dir.path(), i).with_extension("log");
         std::fs::read_to_string(path).unwrap_or_default()
     }
+}
+
+/// Where replica `i` of a fleet in `dir` keeps its data.
+pub fn data_dir(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("replica-{i}"))
 }

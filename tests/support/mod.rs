@@ -11,6 +11,7 @@ pub mod client;
 pub mod daemons;
 pub mod disk;
 pub mod docs;
+pub mod faulty_s3;
 pub mod fleet;
 pub mod hostile;
 pub mod hubsim;

@@ -97,7 +97,12 @@ impl Replica {
         data_dir: &Path,
         started: impl Fn(u16, &serde_json::Value) -> bool,
     ) -> Replica {
-        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        // Appended to: a replica started again keeps its earlier log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
         command.stdout(log.try_clone().unwrap()).stderr(log);
         let child = command.spawn().expect("pullthrough starts");
         let replica = Replica {
@@ -162,6 +167,16 @@ impl Replica {
             .unwrap();
         super::metric_sum(&text, name, labels)
     }
+}
+
+/// The anonymous resident memory (`RssAnon`: heap and stacks, not the
+/// page cache of mapped files) of process `pid`, in bytes; `None` once it
+/// is gone.
+pub fn rss_anon(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs a command to completion, off the test's runtime.

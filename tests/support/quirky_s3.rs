@@ -108,12 +108,28 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
         }
         _ => {}
     }
+    let answer = match forward(&shared.http, &shared.upstream, request).await {
+        Ok(answer) => answer,
+        Err(refused) => return refused,
+    };
+    let response = relay_head(&answer);
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response.body(Body::from(bytes)).unwrap()
+}
+
+/// Sends `request` on to the S3 API at `upstream` as it came (its
+/// end-to-end headers, so its signature still verifies); the answer, or a
+/// 502 when the API cannot be reached.
+pub(super) async fn forward(
+    http: &reqwest::Client,
+    upstream: &str,
+    request: Request,
+) -> Result<reqwest::Response, Response> {
     let url = format!(
-        "{}{}",
-        shared.upstream,
+        "{upstream}{}",
         request.uri().path_and_query().map_or("/", |p| p.as_str())
     );
-    let mut forward = shared.http.request(request.method().clone(), url);
+    let mut forward = http.request(request.method().clone(), url);
     for (name, value) in request.headers() {
         if !hop_by_hop(name) {
             forward = forward.header(name, value);
@@ -122,18 +138,23 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
     let body = axum::body::to_bytes(request.into_body(), usize::MAX)
         .await
         .unwrap();
-    let answer = match forward.body(body).send().await {
-        Ok(answer) => answer,
-        Err(e) => return status(StatusCode::BAD_GATEWAY, e.to_string()),
-    };
+    forward
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| status(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
+/// The status and end-to-end headers of `answer`, for a response that
+/// relays it.
+pub(super) fn relay_head(answer: &reqwest::Response) -> axum::http::response::Builder {
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
         if !hop_by_hop(name) {
             response = response.header(name, value);
         }
     }
-    let bytes = answer.bytes().await.unwrap_or_default();
-    response.body(Body::from(bytes)).unwrap()
+    response
 }
 
 /// The whole object at path-style `path` (`/<bucket>/<key>`), as a 200.
