@@ -111,12 +111,16 @@ impl Tally {
 
 /// Everything the clients share.
 struct Load {
-    replicas: Vec<Client>,
+    /// A client per replica; the killed one's is replaced when it is
+    /// killed, so that no connection to the dead process is used again.
+    replicas: Vec<Mutex<Client>>,
     warm: Vec<SimImage>,
     newest: Mutex<Option<SimImage>>,
-    /// Incremented just before the killed replica is killed.
+    /// Odd while the killed replica is being killed; a request it was
+    /// answering saw this change, or odd, when it broke.
     kills: AtomicU64,
     tally: Tally,
+    began: Instant,
 }
 
 /// Why a GET has no answer to check.
@@ -137,17 +141,21 @@ impl Load {
         for attempt in 0..REPLICAS {
             let replica = (first + attempt) % REPLICAS;
             let kills = self.kills.load(Ordering::SeqCst);
+            let client = self.replicas[replica].lock().unwrap().clone();
             self.tally.requests.fetch_add(1, Ordering::Relaxed);
-            let sent = self.replicas[replica].send("GET", path, headers.clone());
-            match sent.await {
+            let sent = client.send("GET", path, headers.clone()).await;
+            let killed = |now: u64| replica == KILLED && (now != kills || now % 2 == 1);
+            match sent {
                 Ok(answer) => return Some((answer.status, answer.body_digest())),
                 Err(e) if e.is_connect() => {
                     self.tally.note(format!("retried: replica {replica} refused"));
                 }
-                Err(_) if replica == KILLED && self.kills.load(Ordering::SeqCst) != kills => {
+                Err(_) if killed(self.kills.load(Ordering::SeqCst)) => {
                     self.tally.note("retried: cut off by the kill".to_owned());
                 }
                 Err(e) => {
+                    let at = self.began.elapsed().as_secs_f64();
+                    eprintln!("chaos: {at:>5.1} s {}: replica {replica} {path}: {e:?}", broken(&e));
                     self.tally.note(format!("{}: replica {replica}", broken(&e)));
                     return None;
                 }
@@ -188,6 +196,7 @@ impl Load {
             };
             count.fetch_add(1, Ordering::Relaxed);
             self.tally.note(format!("{what} failed: {failure}"));
+            eprintln!("chaos: {what} failed: {failure} {path} via {first}");
             return;
         }
     }
@@ -215,7 +224,7 @@ async fn chaos(fleet: &mut Fleet, hub: &HubSim, s3: &FaultyS3, load: &Load, phas
     let start = tokio::time::Instant::now();
     for (n, steps) in SCHEDULE.iter().enumerate() {
         tokio::time::sleep_until(start + phase * n as u32).await;
-        eprintln!("chaos: {:>5.1} s {steps:?}", start.elapsed().as_secs_f64());
+        eprintln!("chaos: {:>5.1} s {steps:?}", load.began.elapsed().as_secs_f64());
         for step in *steps {
             match *step {
                 Step::S3(fault) => s3.set(fault),
@@ -227,8 +236,11 @@ async fn chaos(fleet: &mut Fleet, hub: &HubSim, s3: &FaultyS3, load: &Load, phas
                 Step::Outage => hub.set_fault(FaultTarget::All, Fault::ServiceUnavailable, None),
                 Step::OutageEnds => hub.clear_faults(),
                 Step::Kill => {
+                    let fresh = Client::pooled(&fleet.replicas[KILLED].url);
+                    *load.replicas[KILLED].lock().unwrap() = fresh;
                     load.kills.fetch_add(1, Ordering::SeqCst);
                     fleet.kill(KILLED).await;
+                    load.kills.fetch_add(1, Ordering::SeqCst);
                 }
                 Step::Restart => fleet.restart(KILLED).await,
                 Step::FillDisk => fill(&data_dir(fleet.dir.path(), FILLED)),
@@ -294,7 +306,7 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
     std::fs::write(&config, toml).unwrap();
     let filled = data_dir(dir.path(), FILLED);
     std::fs::create_dir(&filled).unwrap();
-    let tmpfs = Tmpfs::mount(&filled, "size=40m");
+    let tmpfs = Tmpfs::mount(&filled, "size=96m");
     let ports: Vec<u16> = (0..REPLICAS).map(|_| free_port()).collect();
     let members: Vec<String> = ports.iter().map(|p| url(*p)).collect();
     let flags = [
@@ -308,6 +320,10 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
         &faulty.endpoint,
         "--s3-read-part-size",
         "256KiB",
+        // Smaller than the cached images: replicas evict them and read
+        // them again from the bucket, through its faults, all along.
+        "--disk-max-bytes",
+        "12MiB",
     ];
     let env = aws_env(SECRET_KEY);
     let mut fleet = Fleet::start_in(dir, &ports, &members, &hub.registry_url, &flags, &env).await;
@@ -327,11 +343,12 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
     let warmed = began.elapsed();
 
     let load = Arc::new(Load {
-        replicas,
+        replicas: replicas.into_iter().map(Mutex::new).collect(),
         warm,
         newest: Mutex::new(None),
         kills: AtomicU64::new(0),
         tally: Tally::default(),
+        began: Instant::now(),
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     let pusher = {
@@ -404,6 +421,7 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
     // bucket.
     for image in &load.warm {
         for replica in &load.replicas {
+            let replica = replica.lock().unwrap().clone();
             replica.pull(&image.repo, &image.tag).await;
         }
     }
@@ -441,6 +459,16 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
         eprintln!("chaos: {name} {}", fleet.metric(name, &[]).await);
     }
 
+    if std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
+        // For a failed run: the replicas' logs outlive the test.
+        let kept = fleet.dir.path().with_extension("kept");
+        let _ = std::fs::create_dir(&kept);
+        for i in 0..REPLICAS {
+            let log = data_dir(fleet.dir.path(), i).with_extension("log");
+            let _ = std::fs::copy(&log, kept.join(format!("replica-{i}.log")));
+        }
+        eprintln!("chaos: logs kept in {}", kept.display());
+    }
     assert_eq!(tally.wrong_bytes.load(Ordering::SeqCst), 0, "{kinds:?}");
     assert_eq!(tally.cached_errors.load(Ordering::SeqCst), 0, "{kinds:?}");
     for replica in (0..REPLICAS).filter(|r| *r != KILLED) {
@@ -450,4 +478,5 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
     assert!(tally.requests.load(Ordering::SeqCst) > 100, "the load ran");
     fleet.replicas.clear();
     drop(tmpfs);
+
 }

@@ -109,6 +109,7 @@ impl Replica {
             url: format!("http://127.0.0.1:{port}"),
             child,
         };
+        let mut last = String::from("no answer");
         for _ in 0..200 {
             if let Ok(response) = reqwest::get(format!("{}/readyz", replica.url)).await {
                 let status = response.status().as_u16();
@@ -116,11 +117,12 @@ impl Replica {
                 if started(status, &body) {
                     return replica;
                 }
+                last = format!("{status} {body}");
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!(
-            "pullthrough did not come up: {}",
+            "pullthrough did not come up (/readyz: {last}): {}",
             std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
         );
     }
