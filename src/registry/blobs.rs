@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Caller, Outcome, Registry, RegistryError};
@@ -191,7 +190,7 @@ async fn download(
     if let Some(s3) = &shared
         && let Some(source) = s3.open(&key).await
     {
-        return Ok(source);
+        return Ok(spliced(source, upstream, repo, key.digest));
     }
     if let Some((cluster, peer)) = owner {
         let asked = cluster.blob(&peer, upstream.name(), repo.as_str(), &key.digest);
@@ -219,14 +218,28 @@ async fn download(
 
 /// A blob streaming from its owner. When the owner breaks off mid-stream
 /// (killed, or its own download failed), the rest is asked of upstream
-/// with `Range` from the byte reached, and the flight, which hashes the
-/// whole, sees one stream: correct bytes or a failed download, never a
-/// mix that is served as good.
+/// with `Range` from the byte reached (see [`Splice`]).
 fn from_owner(blob: PeerBlob, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Source {
-    let splice = Splice {
-        feed: Feed::Owner(blob.body),
-        received: 0,
+    let source = Source {
         size: blob.size,
+        body: Box::new(blob.body.map_err(|e| Arc::new(e) as SourceError)),
+        origin: Origin::Peer,
+        etag: None,
+    };
+    spliced(source, upstream, repo, digest)
+}
+
+/// `source` (the shared tier, or the blob's owner) with its rest asked of
+/// upstream with `Range` from the byte reached if it breaks off
+/// mid-stream: the bucket throttling or resetting a connection, the owner
+/// killed. The flight, which hashes the whole, sees one stream: correct
+/// bytes or a failed download, never a mix that is served as good; and
+/// clients who already have part of the blob are not cut off.
+fn spliced(source: Source, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Source {
+    let splice = Splice {
+        feed: Feed::First(source.body),
+        received: 0,
+        size: source.size,
         upstream,
         repo,
         digest,
@@ -236,16 +249,14 @@ fn from_owner(blob: PeerBlob, upstream: Arc<Upstream>, repo: RepoName, digest: D
         Some((item, splice))
     });
     Source {
-        size: blob.size,
         body: Box::new(Box::pin(body)),
-        origin: Origin::Peer,
-        etag: None,
+        ..source
     }
 }
 
-/// Where the rest of a blob from its owner comes from.
+/// Where the rest of a blob comes from.
 enum Feed {
-    Owner(BoxStream<'static, Result<Bytes, PeerError>>),
+    First(Box<dyn futures_util::Stream<Item = Result<Bytes, SourceError>> + Send + Unpin>),
     Upstream(Box<dyn futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send + Unpin>),
     Failed,
 }
@@ -263,7 +274,7 @@ impl Splice {
     async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
         loop {
             let broken = match &mut self.feed {
-                Feed::Owner(body) => match body.next().await? {
+                Feed::First(body) => match body.next().await? {
                     Ok(bytes) => {
                         self.received += bytes.len() as u64;
                         return Some(Ok(bytes));
@@ -279,10 +290,10 @@ impl Splice {
             self.feed = Feed::Failed;
             let offset = self.received;
             let Some(size) = self.size.filter(|size| offset < *size) else {
-                return Some(Err(Arc::new(broken)));
+                return Some(Err(broken));
             };
             tracing::warn!(digest = %self.digest, offset, size, error = %broken,
-                "the blob's owner broke off; asking upstream for the rest");
+                "the blob's source broke off; asking upstream for the rest");
             let rest = self
                 .upstream
                 .get_blob_from(&self.repo, &self.digest, offset, size);
