@@ -179,7 +179,10 @@ impl Registry {
 
 /// The fetch a blob flight runs: from the shared tier when it has the
 /// blob (another replica fetched it), else from its owner in the fleet
-/// when that is another replica and it answers, else from upstream.
+/// when that is another replica and it answers, else from upstream. When
+/// upstream fails too, the shared tier is asked once more even if it is
+/// being skipped after a failure (degraded): it may well have the blob,
+/// and nothing else is left to serve it.
 async fn download(
     shared: Option<Arc<S3Tier>>,
     owner: Option<(Cluster, Peer)>,
@@ -203,10 +206,20 @@ async fn download(
             Err(PeerError::Unavailable { .. }) => {}
         }
     }
-    let blob = upstream
-        .get_blob(&repo, &key.digest)
-        .await
-        .map_err(|e| Arc::new(e) as SourceError)?;
+    let blob = match upstream.get_blob(&repo, &key.digest).await {
+        Ok(blob) => blob,
+        Err(e) => {
+            if e.kind != ErrorKind::NotFound
+                && let Some(s3) = &shared
+                && let Some(source) = s3.open_even_degraded(&key).await
+            {
+                tracing::warn!(digest = %key.digest, error = %e,
+                    "upstream failed; serving the blob from the shared tier, which was being skipped");
+                return Ok(source);
+            }
+            return Err(Arc::new(e));
+        }
+    };
     let body = blob.body.map_err(|e| Arc::new(e) as SourceError);
     Ok(Source {
         size: blob.size,

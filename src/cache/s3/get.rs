@@ -32,6 +32,12 @@ impl S3Tier {
         if !self.available() {
             return None;
         }
+        self.open_even_degraded(key).await
+    }
+
+    /// As [`S3Tier::open`], even while the tier is skipped after a failure:
+    /// for when nothing else can serve the blob (upstream failed too).
+    pub async fn open_even_degraded(&self, key: &ObjectKey) -> Option<Source> {
         let object_key = self.object_key(key);
         let first = self
             .client
