@@ -70,9 +70,9 @@ const FLAPS: &[(FaultTarget, Fault, usize)] = &[
     (FaultTarget::Blobs, Fault::ResetMidBody, 2),
 ];
 
-/// The schedule: one line a phase, phases of equal length. No phase takes
-/// away every copy of cached content at once (the bucket failing while
-/// upstream is down and the owner killed): nothing could serve it then.
+/// The schedule: one line a phase, phases of equal length. The bucket
+/// and upstream never fail in the same phase: with both down, cached
+/// content that no replica holds on its disk any more has no source left.
 const SCHEDULE: [&[Step]; 12] = [
     &[],
     &[Step::S3(S3Fault::Slow(Duration::from_millis(400)))],
@@ -83,13 +83,9 @@ const SCHEDULE: [&[Step]; 12] = [
     &[Step::S3(S3Fault::ResettingBodies), Step::Restart],
     &[Step::S3(S3Fault::None), Step::FillDisk, Step::Upstream(FLAPS)],
     &[Step::Outage],
-    &[Step::OutageEnds, Step::S3(S3Fault::Failing)],
-    &[
-        Step::S3(S3Fault::ResettingBodies),
-        Step::FreeDisk,
-        Step::Upstream(FLAPS),
-    ],
-    &[Step::S3(S3Fault::None)],
+    &[Step::OutageEnds],
+    &[Step::S3(S3Fault::Failing), Step::FreeDisk],
+    &[Step::S3(S3Fault::ResettingBodies)],
 ];
 
 /// What the clients saw.
