@@ -79,9 +79,16 @@ const SCHEDULE: [&[Step]; 12] = [
     &[Step::S3(S3Fault::Failing)],
     &[Step::S3(S3Fault::ResettingBodies)],
     &[Step::S3(S3Fault::None), Step::Upstream(FLAPS)],
-    &[Step::S3(S3Fault::Slow(Duration::from_millis(200))), Step::Kill],
+    &[
+        Step::S3(S3Fault::Slow(Duration::from_millis(200))),
+        Step::Kill,
+    ],
     &[Step::S3(S3Fault::ResettingBodies), Step::Restart],
-    &[Step::S3(S3Fault::None), Step::FillDisk, Step::Upstream(FLAPS)],
+    &[
+        Step::S3(S3Fault::None),
+        Step::FillDisk,
+        Step::Upstream(FLAPS),
+    ],
     &[Step::Outage],
     &[Step::OutageEnds],
     &[Step::S3(S3Fault::Failing), Step::FreeDisk],
@@ -132,8 +139,14 @@ fn broken(error: &reqwest::Error) -> &'static str {
 impl Load {
     /// GETs `path` from replica `first`, and from the next one whenever
     /// the one asked refuses the connection (down) or was killed while it
-    /// answered: a load balancer's retry. `None` when it broke otherwise.
-    async fn get(&self, first: usize, path: &str, headers: &HeaderMap) -> Option<(u16, String)> {
+    /// answered: a load balancer's retry. The status and the body's
+    /// digest, or why there is none.
+    async fn get(
+        &self,
+        first: usize,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(u16, String), String> {
         for attempt in 0..REPLICAS {
             let replica = (first + attempt) % REPLICAS;
             let kills = self.kills.load(Ordering::SeqCst);
@@ -142,22 +155,22 @@ impl Load {
             let sent = client.send("GET", path, headers.clone()).await;
             let killed = |now: u64| replica == KILLED && (now != kills || now % 2 == 1);
             match sent {
-                Ok(answer) => return Some((answer.status, answer.body_digest())),
+                Ok(answer) => return Ok((answer.status, answer.body_digest())),
                 Err(e) if e.is_connect() => {
-                    self.tally.note(format!("retried: replica {replica} refused"));
+                    self.tally
+                        .note(format!("retried: replica {replica} refused"));
                 }
                 Err(_) if killed(self.kills.load(Ordering::SeqCst)) => {
                     self.tally.note("retried: cut off by the kill".to_owned());
                 }
                 Err(e) => {
-                    let at = self.began.elapsed().as_secs_f64();
-                    eprintln!("chaos: {at:>5.1} s {}: replica {replica} {path}: {e:?}", broken(&e));
-                    self.tally.note(format!("{}: replica {replica}", broken(&e)));
-                    return None;
+                    self.tally
+                        .note(format!("{}: replica {replica}", broken(&e)));
+                    return Err(format!("{} at replica {replica}: {e:?}", broken(&e)));
                 }
             }
         }
-        None
+        Err("every replica refused".to_owned())
     }
 
     /// Pulls `image` through replica `first` as a client does (manifest by
@@ -177,14 +190,14 @@ impl Load {
             wanted.push((format!("/v2/{repo}/blobs/{digest}"), digest));
         }
         for (path, digest) in wanted {
-            let failure = match self.get(first, &path, &accept).await {
-                Some((200, got)) if got == *digest => continue,
-                Some((200, _)) => {
+            let (failure, detail) = match self.get(first, &path, &accept).await {
+                Ok((200, got)) if got == *digest => continue,
+                Ok((200, got)) => {
                     self.tally.wrong_bytes.fetch_add(1, Ordering::Relaxed);
-                    "wrong bytes".to_owned()
+                    ("wrong bytes".to_owned(), got)
                 }
-                Some((status, _)) => format!("status {status}"),
-                None => "no answer".to_owned(),
+                Ok((status, _)) => (format!("status {status}"), String::new()),
+                Err(why) => ("no answer".to_owned(), why),
             };
             let (what, count) = match cached {
                 true => ("cached", &self.tally.cached_errors),
@@ -192,7 +205,10 @@ impl Load {
             };
             count.fetch_add(1, Ordering::Relaxed);
             self.tally.note(format!("{what} failed: {failure}"));
-            eprintln!("chaos: {what} failed: {failure} {path} via {first}");
+            if cached {
+                let at = self.began.elapsed().as_secs_f64();
+                eprintln!("chaos: {at:>5.1} s cached {path} via {first}: {failure} {detail}");
+            }
             return;
         }
     }
@@ -200,7 +216,9 @@ impl Load {
 
 /// A small deterministic generator, one per client.
 fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *state >> 33
 }
 
@@ -220,7 +238,10 @@ async fn chaos(fleet: &mut Fleet, hub: &HubSim, s3: &FaultyS3, load: &Load, phas
     let start = tokio::time::Instant::now();
     for (n, steps) in SCHEDULE.iter().enumerate() {
         tokio::time::sleep_until(start + phase * n as u32).await;
-        eprintln!("chaos: {:>5.1} s {steps:?}", load.began.elapsed().as_secs_f64());
+        eprintln!(
+            "chaos: {:>5.1} s {steps:?}",
+            load.began.elapsed().as_secs_f64()
+        );
         for step in *steps {
             match *step {
                 Step::S3(fault) => s3.set(fault),
@@ -424,8 +445,8 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
     let on_disk: Vec<usize> = (0..REPLICAS)
         .map(|i| assert_objects_whole(&data_dir(fleet.dir.path(), i).join("cache")))
         .collect();
-    let in_bucket = assert_bucket_whole(&s3, "blobs/").await
-        + assert_bucket_whole(&s3, "manifests/").await;
+    let in_bucket =
+        assert_bucket_whole(&s3, "blobs/").await + assert_bucket_whole(&s3, "manifests/").await;
 
     let tally = &load.tally;
     let kinds = tally.kinds.lock().unwrap().clone();
@@ -474,5 +495,4 @@ async fn chaos_never_serves_wrong_bytes_nor_fails_cached_content() {
     assert!(tally.requests.load(Ordering::SeqCst) > 100, "the load ran");
     fleet.replicas.clear();
     drop(tmpfs);
-
 }
