@@ -71,28 +71,23 @@ const FLAPS: &[(FaultTarget, Fault, usize)] = &[
 ];
 
 /// The schedule: one line a phase, phases of equal length. The bucket
-/// and upstream never fail in the same phase: with both down, cached
-/// content that no replica holds on its disk any more has no source left.
+/// and upstream never fail in the same phase, nor in phases next to each
+/// other (a download begun in one phase may end in the next): with both
+/// failing, cached content that no replica holds on its disk any more has
+/// no source left.
 const SCHEDULE: [&[Step]; 12] = [
     &[],
     &[Step::S3(S3Fault::Slow(Duration::from_millis(400)))],
     &[Step::S3(S3Fault::Failing)],
     &[Step::S3(S3Fault::ResettingBodies)],
-    &[Step::S3(S3Fault::None), Step::Upstream(FLAPS)],
-    &[
-        Step::S3(S3Fault::Slow(Duration::from_millis(200))),
-        Step::Kill,
-    ],
-    &[Step::S3(S3Fault::ResettingBodies), Step::Restart],
-    &[
-        Step::S3(S3Fault::None),
-        Step::FillDisk,
-        Step::Upstream(FLAPS),
-    ],
+    &[Step::S3(S3Fault::None), Step::Kill],
+    &[Step::Upstream(FLAPS), Step::Restart],
+    &[Step::FillDisk],
+    &[Step::S3(S3Fault::ResettingBodies)],
+    &[Step::S3(S3Fault::None)],
     &[Step::Outage],
     &[Step::OutageEnds],
     &[Step::S3(S3Fault::Failing), Step::FreeDisk],
-    &[Step::S3(S3Fault::ResettingBodies)],
 ];
 
 /// What the clients saw.
