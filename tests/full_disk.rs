@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use support::disk::{Tmpfs, assert_objects_whole};
 use support::hubsim::{HubSim, SimOptions};
-use support::process::Replica;
+use support::process::{Replica, rss_anon};
 use support::proxy::{Proxy, config};
 
 const MIB: usize = 1024 * 1024;
@@ -72,18 +72,6 @@ async fn pull(base: &str, digest: &str) -> Pulled {
     }
 }
 
-/// A process's `RssAnon` (heap and stacks, not the page cache or the
-/// tmpfs's pages), in bytes.
-fn anon_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("an RssAnon line");
-    kib * 1024
-}
-
 /// Samples `pid`'s `RssAnon` every 20 ms until dropped; keeps the peak.
 struct PeakAnon {
     peak: Arc<AtomicU64>,
@@ -99,7 +87,7 @@ impl PeakAnon {
         let (p, s) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                p.fetch_max(anon_bytes(pid), Ordering::Relaxed);
+                p.fetch_max(rss_anon(pid).unwrap_or(0), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -128,7 +116,7 @@ async fn gigabyte_layers_on_a_full_disk_cost_a_window_of_memory_not_their_size()
         .map(|seed| sim.put_blob(large_blob(GIB, 900 + seed)))
         .collect();
     let replica = Replica::start_unready(&sim.registry_url, &data, &[]).await;
-    let idle = anon_bytes(replica.pid());
+    let idle = rss_anon(replica.pid()).unwrap();
     let sampler = PeakAnon::start(replica.pid());
 
     let one = pull(&replica.url, &digests[0]).await;
