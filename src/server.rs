@@ -70,7 +70,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let registry = Registry::new(upstreams, cache, cluster, config, metrics.clone())?;
     registry.spawn_budget_sharing(config.budget.share_interval);
     registry.limit_tag_records(config.disk.max_tag_records);
-    let board = crate::status::Board::new();
+    let board = crate::status::Board::saved_in(config.data_dir.join("status/hot.json"));
     board.spawn_sampler(metrics.clone());
     Ok(AppState {
         registry,

@@ -1,8 +1,12 @@
 //! The board: what the status page shows that Prometheus does not keep.
 //! The API's access layer posts every request here; a sampler adds a
-//! point to the history every few seconds. Everything is bounded.
+//! point to the history every few seconds. Everything is bounded. The
+//! hottest-images list is saved every minute and read back at start, so a
+//! restart does not empty it (the errors and history are recent by nature
+//! and start afresh).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +24,8 @@ const IMAGES_COUNTED: usize = 256;
 const HISTORY_KEPT: usize = 120;
 /// How often the sampler adds a point.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Samples between two saves of the hottest images: a minute.
+const SAVE_EVERY: u64 = 12;
 
 /// One error response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +68,8 @@ struct State {
 #[derive(Clone, Debug)]
 pub struct Board {
     state: Arc<Mutex<State>>,
+    /// Where the hottest images are saved, if anywhere.
+    hot_file: Option<Arc<PathBuf>>,
 }
 
 impl Default for Board {
@@ -80,6 +88,36 @@ impl Board {
                 history: VecDeque::with_capacity(HISTORY_KEPT),
                 last: None,
             })),
+            hot_file: None,
+        }
+    }
+
+    /// A board whose hottest images are saved in `path`, starting from
+    /// those saved there before (none when it is missing or unreadable).
+    pub fn saved_in(path: PathBuf) -> Self {
+        let mut board = Board::new();
+        let saved: Option<HashMap<String, u64>> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(counts) = saved {
+            board.lock().hot = HotImages::with_counts(IMAGES_COUNTED, counts);
+        }
+        board.hot_file = Some(Arc::new(path));
+        board
+    }
+
+    /// Saves the hottest images where [`Board::saved_in`] said, off the
+    /// async threads.
+    async fn save_hot(&self) {
+        let Some(path) = self.hot_file.clone() else {
+            return;
+        };
+        let Ok(json) = serde_json::to_vec(self.lock().hot.counts()) else {
+            return;
+        };
+        let saved = tokio::task::spawn_blocking(move || write_replacing(&path, &json)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "could not save the hottest images");
         }
     }
 
@@ -140,17 +178,50 @@ impl Board {
         let board = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
-            loop {
+            for n in 1u64.. {
                 tick.tick().await;
                 board.sample(&metrics, super::now_secs());
+                if n.is_multiple_of(SAVE_EVERY) {
+                    board.save_hot().await;
+                }
             }
         });
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(&temp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_hottest_images_outlive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status/hot.json");
+        let board = Board::saved_in(path.clone());
+        for _ in 0..3 {
+            board.count_image("docker.io/library/nginx:1");
+        }
+        board.count_image("docker.io/library/redis:7");
+        board.save_hot().await;
+        let restarted = Board::saved_in(path);
+        assert_eq!(
+            restarted.hottest(2),
+            vec![
+                ("docker.io/library/nginx:1".to_owned(), 3),
+                ("docker.io/library/redis:7".to_owned(), 1)
+            ]
+        );
+    }
 
     #[test]
     fn errors_are_bounded_and_newest_first() {

@@ -53,6 +53,21 @@ impl HotImages {
         all
     }
 
+    /// Every image counted, with its count: what is saved across restarts.
+    pub fn counts(&self) -> &HashMap<String, u64> {
+        &self.counts
+    }
+
+    /// Room for `capacity` images, counted as `counts` says (the most
+    /// counted kept when there are more).
+    pub fn with_counts(capacity: usize, counts: HashMap<String, u64>) -> Self {
+        let mut hot = HotImages::new(capacity);
+        let mut all: Vec<(String, u64)> = counts.into_iter().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        hot.counts = all.into_iter().take(hot.capacity).collect();
+        hot
+    }
+
     /// How many images are counted now.
     pub fn len(&self) -> usize {
         self.counts.len()

@@ -18,7 +18,8 @@
 //!   served by tag), so the blobs of an image being pulled stay until the
 //!   pull is done. A hold protects a rollout, but never past the cap:
 //!   when nothing unheld is left, the least recently used held objects go
-//!   too, with a WARN and `pullthrough_cache_holds_broken_total`.
+//!   too, with a WARN and `pullthrough_cache_holds_broken_total`. Holds
+//!   are saved, so a restart mid-rollout keeps them (see `held`).
 //! - **Evicting** happens on one dedicated thread, woken when a store
 //!   passes the high watermark and every 30 s (others may fill the disk);
 //!   a store that would take the tier past its cap first makes room
@@ -28,6 +29,7 @@
 //!   meanwhile keeps it counted once.
 
 mod bounds;
+mod held;
 mod index;
 mod pins;
 mod refs;
@@ -79,6 +81,8 @@ struct Shared {
     pins: Mutex<Pins>,
     /// Digests that may not be evicted before these Unix milliseconds.
     holds: Mutex<HashMap<Digest, u64>>,
+    /// Whether `holds` changed since they were last saved.
+    holds_changed: AtomicBool,
     /// Manifests whose references are held, and until when.
     expanded: Mutex<HashMap<Digest, u64>>,
     /// Whether the start-up walk has counted every file.
@@ -117,7 +121,8 @@ impl Evictor {
             bounds,
             index: Mutex::default(),
             pins: Mutex::new(pins),
-            holds: Mutex::default(),
+            holds: Mutex::new(held::load(&root.join(held::HOLDS_FILE), now_ms())),
+            holds_changed: AtomicBool::new(false),
             expanded: Mutex::default(),
             loaded: AtomicBool::new(false),
             high: AtomicU64::new(u64::MAX),
@@ -211,6 +216,7 @@ impl Evictor {
             let held = holds.entry(digest.clone()).or_default();
             *held = (*held).max(until_ms);
         }
+        self.shared.holds_changed.store(true, Ordering::Release);
     }
 
     /// Pins `root` and `members` until [`Evictor::unpin`]; saved at once.
@@ -257,6 +263,17 @@ impl Evictor {
 }
 
 impl Shared {
+    /// Saves the holds when they changed since the last save.
+    fn save_holds(&self) {
+        if !self.holds_changed.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = held::save(&self.root.join(held::HOLDS_FILE), &holds) {
+            tracing::warn!(error = %e, "could not save the holds");
+        }
+    }
+
     fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -404,8 +421,11 @@ impl Shared {
 }
 
 impl Drop for Shared {
+    /// The tier closes: the thread ends, and the holds are kept for the
+    /// next start.
     fn drop(&mut self) {
         self.wake.close();
+        self.save_holds();
     }
 }
 

@@ -105,6 +105,26 @@ async fn pinned_and_held_objects_stay_and_holds_run_out() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn holds_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = small_tier(dir.path()).await;
+    let held = store(&tier, 1).await;
+    let unheld = store(&tier, 2).await;
+    let now = crate::clock::now_ms();
+    tier.evictor().hold([&held.digest], now + 60_000);
+    drop(tier);
+    let saved = dir.path().join(super::held::HOLDS_FILE);
+    settle(|| saved.exists()).await;
+
+    let reopened = small_tier(dir.path()).await;
+    store(&reopened, 3).await;
+    store(&reopened, 4).await;
+    settle(|| reopened.evictor().usage().bytes <= 950).await;
+    assert!(on_disk(dir.path(), &held), "still held after the restart");
+    assert!(!on_disk(dir.path(), &unheld), "the oldest unheld one went");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_reopened_tier_counts_what_the_last_one_held() {
     let dir = tempfile::tempdir().unwrap();
     let tier = small_tier(dir.path()).await;

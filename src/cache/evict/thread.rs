@@ -60,6 +60,7 @@ pub(super) fn run(shared: Weak<Shared>, wake: Arc<Wake>) {
             return;
         };
         shared.pass();
+        shared.save_holds();
     }
 }
 
