@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
+use pullthrough::cli::check::check;
 use pullthrough::config::{Config, LogFormat, Overrides, parse_upstream_flag};
 use pullthrough::server;
 use tracing_subscriber::EnvFilter;
@@ -27,7 +28,7 @@ enum Command {
     /// Serve the registry mirror.
     Serve(ServeArgs),
     /// Print the effective configuration as TOML (credentials redacted) and exit.
-    Config(ServeArgs),
+    Config(ConfigArgs),
     /// Show a running mirror's status: hit ratio, pulls, budgets, cache, hottest images, errors.
     Status(StatusArgs),
     /// Pre-pull images into a running mirror through its registry API.
@@ -69,6 +70,16 @@ struct WarmArgs {
     /// Read more images from a file, one per line (`#` starts a comment).
     #[arg(long)]
     file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Only check the configuration (the file, the variables and flags, the
+    /// TLS files it names): print one line, and exit non-zero naming the bad field.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -175,7 +186,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, serve) = match cli.command {
         Command::Serve(args) => (args, true),
-        Command::Config(args) => (args, false),
+        Command::Config(args) if args.check => {
+            let file = args.serve.config.clone();
+            return match check(file.as_deref(), args.serve.load()) {
+                Ok(verdict) => {
+                    println!("{verdict}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pullthrough: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Config(args) => (args.serve, false),
         Command::Status(args) => return ops::status(args.url, args.json),
         Command::Warm(args) => return ops::warm(args),
         Command::Doctor(args) => {

@@ -155,7 +155,10 @@ pub fn clear_unfinished_downloads(config: &Config) -> Result<usize, CacheError> 
 
 /// How long requests in flight may run on after shutdown was asked for; a
 /// client streaming a large blob slowly must not hold a restart hostage.
-const DRAIN: Duration = Duration::from_secs(10);
+/// Public because a platform's stop timeout (ECS `stopTimeout`,
+/// Kubernetes `terminationGracePeriodSeconds`) must exceed it, and the
+/// deployment files are checked against it.
+pub const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` as `listening` says until `shutdown`
 /// completes, then lets requests in flight finish for up to `DRAIN`.

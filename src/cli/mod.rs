@@ -3,7 +3,10 @@
 //! registry API, and [`doctor`] runs the troubleshooting runbook against a
 //! configuration. Each writes to the writer it is given and returns
 //! whether everything succeeded; `main` maps that to the exit code.
+//! [`check`] (`pullthrough config --check`) returns its one-line verdict
+//! on a configuration instead.
 
+pub mod check;
 pub mod doctor;
 pub mod image;
 pub mod status;
