@@ -39,7 +39,10 @@ mod tests {
     fn a_valid_file_is_ok_and_named() {
         let (file, loaded) = load("tag_ttl = \"1m\"\n[memory]\nmax_bytes = \"64MiB\"\n");
         let verdict = check(Some(file.path()), loaded).unwrap();
-        assert!(verdict.contains(&file.path().display().to_string()), "{verdict}");
+        assert!(
+            verdict.contains(&file.path().display().to_string()),
+            "{verdict}"
+        );
     }
 
     #[test]
@@ -54,7 +57,8 @@ mod tests {
 
     #[test]
     fn tls_files_that_do_not_load_are_refused() {
-        let (file, loaded) = load("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
+        let (file, loaded) =
+            load("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
         let error = check(Some(file.path()), loaded).unwrap_err();
         assert!(error.contains("tls"), "{error}");
     }

@@ -2,11 +2,13 @@
 //!
 //! Included with `mod support;` from `tests/*.rs` or with
 //! `#[path = "../tests/support/mod.rs"] mod support;` from benches, so it only
-//! depends on crates from `Cargo.toml`; only `proxy` uses the `pullthrough` crate.
+//! depends on crates from `Cargo.toml`; only `proxy` and `reads` use the
+//! `pullthrough` crate.
 #![allow(dead_code)]
 
 pub mod artifact;
 pub mod browser;
+pub mod cfn;
 pub mod client;
 pub mod daemons;
 pub mod disk;
@@ -15,10 +17,13 @@ pub mod faulty_s3;
 pub mod fleet;
 pub mod hostile;
 pub mod hubsim;
+pub mod iam;
 pub mod image;
+pub mod kube;
 pub mod process;
 pub mod proxy;
 pub mod quirky_s3;
+pub mod reads;
 pub mod registry;
 pub mod s3;
 pub mod simclient;
@@ -26,6 +31,60 @@ pub mod tls;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+
+/// A program tests/run installs: from PATH, else from
+/// `~/.cache/pullthrough-tools/bin`, where tests/run puts it. Missing, the
+/// test fails naming tests/run: these tests are never skipped.
+pub fn installed_tool(name: &str) -> std::path::PathBuf {
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    }) {
+        return found;
+    }
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let cached = home.join(".cache/pullthrough-tools/bin").join(name);
+    assert!(
+        cached.is_file(),
+        "{name} is not installed: run tests/run, which installs it"
+    );
+    cached
+}
+
+/// A validator tests/run installs at a pinned version, always from
+/// `~/.cache/pullthrough-tools/bin`: another version on PATH has other
+/// rules and schemas, and what the suite checked must not depend on it.
+/// Missing, the test fails naming tests/run: these tests are never skipped.
+pub fn pinned_tool(name: &str) -> std::path::PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let pinned = home.join(".cache/pullthrough-tools/bin").join(name);
+    assert!(
+        pinned.is_file(),
+        "{name} is not installed at {}: run tests/run, which installs it",
+        pinned.display()
+    );
+    pinned
+}
+
+/// Every `.rs` file under `dir`, for the tests that read the source.
+pub fn source_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(source_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
 
 /// Deterministic pseudo-random bytes: the same `(len, seed)` always gives the
 /// same content, different seeds give different content (and so different

@@ -42,22 +42,7 @@ pub struct S3Server {
 
 /// Where tests/run installs s3s-fs when it is not on PATH.
 fn binary() -> PathBuf {
-    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("s3s-fs"))
-            .find(|p| p.is_file())
-    }) {
-        return found;
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cached = home.join(".cache/pullthrough-tools/bin/s3s-fs");
-    assert!(
-        cached.is_file(),
-        "s3s-fs is not installed: run tests/run, which installs it"
-    );
-    cached
+    super::installed_tool("s3s-fs")
 }
 
 impl S3Server {
