@@ -680,3 +680,40 @@ async fn every_probe_path_is_one_pullthrough_serves() {
     assert!(paths.len() >= 2, "{paths:?}");
     proxy.stop().await;
 }
+
+/// The Secrets the pods read are the ones the README has you create,
+/// with the same keys.
+#[test]
+fn the_pods_read_the_secrets_the_readme_creates() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+    )
+    .unwrap();
+    let readme: String = readme
+        .replace('\\', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let deployment = kube::resource("Deployment", "pullthrough");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut checked = 0;
+    for var in container["env"].as_array().unwrap() {
+        let secret = &var["valueFrom"]["secretKeyRef"];
+        if secret.is_null() {
+            continue;
+        }
+        let (name, key) = (scalar(&secret["name"]), scalar(&secret["key"]));
+        let created = readme
+            .split_once(&format!("create secret generic {name} "))
+            .unwrap_or_else(|| panic!("the README creates the Secret {name}"))
+            .1;
+        let command = created.split("create secret").next().unwrap();
+        let command = command.split("```").next().unwrap();
+        assert!(
+            command.contains(&format!("--from-literal={key}=")),
+            "the README's Secret {name} has the key {key}: {command}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}

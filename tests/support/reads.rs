@@ -42,7 +42,11 @@ pub fn literal_names() -> BTreeSet<String> {
         }
     }
     for expected in ["PULLTHROUGH_LISTEN", "PULLTHROUGH_CLUSTER_SECRET", "POD_IP"] {
-        assert!(names.contains(expected), "found {expected} in {names:?}");
+        assert!(
+            names.contains(expected),
+            "the source no longer reads {expected} the way tests/support/reads.rs looks for \
+             (or at all); found only {names:?}"
+        );
     }
     names
 }
