@@ -685,10 +685,9 @@ async fn every_probe_path_is_one_pullthrough_serves() {
 /// with the same keys.
 #[test]
 fn the_pods_read_the_secrets_the_readme_creates() {
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
-    )
-    .unwrap();
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
     let readme: String = readme
         .replace('\\', " ")
         .split_whitespace()

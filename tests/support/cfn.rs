@@ -159,10 +159,10 @@ impl Stack {
     pub fn resource(&self, id: &str) -> Option<Value> {
         let declared = &self.template["Resources"][id];
         assert!(!declared.is_null(), "no resource {id}");
-        if let Some(condition) = declared["Condition"].as_str() {
-            if !self.condition(condition) {
-                return None;
-            }
+        if let Some(condition) = declared["Condition"].as_str()
+            && !self.condition(condition)
+        {
+            return None;
         }
         Some(self.eval(declared))
     }
