@@ -482,3 +482,56 @@ async fn a_referrers_answer_is_shared_through_the_bucket() {
     assert_eq!(second.body, first.body);
     assert_eq!(sim.counters().total, 0, "{:?}", sim.requests());
 }
+
+/// Upstream breaking a download off more often than its resumes allow
+/// does not fail a blob the bucket holds: the rest comes from the bucket,
+/// even while this replica skips the bucket after a failure.
+#[tokio::test]
+async fn a_download_upstream_breaks_off_is_finished_from_the_bucket() {
+    use support::faulty_s3::{FaultyS3, S3Fault};
+    use support::hubsim::{Fault, FaultTarget};
+
+    let sim = HubSim::start().await;
+    let layer = random_bytes(6 << 20, 63);
+    let digest = sim.put_blob(layer.clone());
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let faulty = FaultyS3::start(&s3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&sim, &s3, &dir.path().join("a"), "5m").await;
+    let b = replica_at(&sim, &faulty.endpoint, &dir.path().join("b"), &[]).await;
+    let got = Client::new(&a.url)
+        .blob("library/x", &digest)
+        .await
+        .unwrap();
+    assert_eq!(got.body_digest(), digest);
+    let key = format!("{PREFIX}{}", blob_path(&digest));
+    wait_until_async(async || s3.keys(BUCKET, &key).await.contains(&key)).await;
+
+    // B's bucket fails once, so B skips it and goes upstream, which then
+    // resets every body (more often than B resumes).
+    faulty.set(S3Fault::Failing);
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let missing = Client::new(&b.url)
+        .blob("library/x", &unknown)
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    faulty.set(S3Fault::None);
+    assert_eq!(
+        b.metric("pullthrough_s3_degraded", &[]).await,
+        1.0,
+        "skipped"
+    );
+    sim.set_fault(FaultTarget::Blobs, Fault::ResetMidBody, Some(10));
+    let before = sim.counters().cdn_gets;
+
+    let got = Client::new(&b.url)
+        .blob("library/x", &digest)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body_digest(), digest, "whole and right");
+    assert!(sim.counters().cdn_gets > before, "upstream was tried first");
+    assert!(part_reads(&b).await >= 1.0, "the rest came from the bucket");
+}

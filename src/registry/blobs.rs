@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 
+use super::splice::{Rest, spliced};
 use super::{Caller, Outcome, Registry, RegistryError};
 use crate::cache::{
     Content, Flight, FlightError, ObjectKey, Origin, S3Tier, Seated, Source, SourceError,
 };
-use crate::cluster::{Cluster, OwnerKey, Peer, PeerBlob, PeerError};
+use crate::cluster::{Cluster, OwnerKey, Peer, PeerError};
 use crate::digest::Digest;
 use crate::reference::RepoName;
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
@@ -182,7 +182,8 @@ impl Registry {
 /// when that is another replica and it answers, else from upstream. When
 /// upstream fails too, the shared tier is asked once more even if it is
 /// being skipped after a failure (degraded): it may well have the blob,
-/// and nothing else is left to serve it.
+/// and nothing else is left to serve it. A source that breaks off
+/// mid-stream is continued from the others (see `splice`).
 async fn download(
     shared: Option<Arc<S3Tier>>,
     owner: Option<(Cluster, Peer)>,
@@ -190,15 +191,26 @@ async fn download(
     repo: RepoName,
     key: ObjectKey,
 ) -> Result<Source, SourceError> {
+    let from_upstream = Rest::Upstream(upstream.clone(), repo.clone());
+    let bucket = || shared.clone().map(Rest::Bucket);
     if let Some(s3) = &shared
         && let Some(source) = s3.open(&key).await
     {
-        return Ok(spliced(source, upstream, repo, key.digest));
+        return Ok(spliced(source, key, vec![from_upstream]));
     }
     if let Some((cluster, peer)) = owner {
         let asked = cluster.blob(&peer, upstream.name(), repo.as_str(), &key.digest);
         match asked.await {
-            Ok(blob) => return Ok(from_owner(blob, upstream, repo, key.digest)),
+            Ok(blob) => {
+                let source = Source {
+                    size: blob.size,
+                    body: Box::new(blob.body.map_err(|e| Arc::new(e) as SourceError)),
+                    origin: Origin::Peer,
+                    etag: None,
+                };
+                let rests = bucket().into_iter().chain([from_upstream]).collect();
+                return Ok(spliced(source, key, rests));
+            }
             Err(e @ PeerError::Answered { .. }) => {
                 return Err(Arc::new(super::peer_answer(&upstream, e)) as SourceError);
             }
@@ -221,102 +233,15 @@ async fn download(
         }
     };
     let body = blob.body.map_err(|e| Arc::new(e) as SourceError);
-    Ok(Source {
+    let source = Source {
         size: blob.size,
         body: Box::new(body),
         origin: Origin::Upstream,
         etag: None,
-    })
-}
-
-/// A blob streaming from its owner. When the owner breaks off mid-stream
-/// (killed, or its own download failed), the rest is asked of upstream
-/// with `Range` from the byte reached (see [`Splice`]).
-fn from_owner(blob: PeerBlob, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Source {
-    let source = Source {
-        size: blob.size,
-        body: Box::new(blob.body.map_err(|e| Arc::new(e) as SourceError)),
-        origin: Origin::Peer,
-        etag: None,
     };
-    spliced(source, upstream, repo, digest)
+    Ok(spliced(source, key, bucket().into_iter().collect()))
 }
 
-/// `source` (the shared tier, or the blob's owner) with its rest asked of
-/// upstream with `Range` from the byte reached if it breaks off
-/// mid-stream: the bucket throttling or resetting a connection, the owner
-/// killed. The flight, which hashes the whole, sees one stream: correct
-/// bytes or a failed download, never a mix that is served as good; and
-/// clients who already have part of the blob are not cut off.
-fn spliced(source: Source, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Source {
-    let splice = Splice {
-        feed: Feed::First(source.body),
-        received: 0,
-        size: source.size,
-        upstream,
-        repo,
-        digest,
-    };
-    let body = futures_util::stream::unfold(splice, |mut splice| async move {
-        let item = splice.next().await?;
-        Some((item, splice))
-    });
-    Source {
-        body: Box::new(Box::pin(body)),
-        ..source
-    }
-}
-
-/// Where the rest of a blob comes from.
-enum Feed {
-    First(Box<dyn futures_util::Stream<Item = Result<Bytes, SourceError>> + Send + Unpin>),
-    Upstream(Box<dyn futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send + Unpin>),
-    Failed,
-}
-
-struct Splice {
-    feed: Feed,
-    received: u64,
-    size: Option<u64>,
-    upstream: Arc<Upstream>,
-    repo: RepoName,
-    digest: Digest,
-}
-
-impl Splice {
-    async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
-        loop {
-            let broken = match &mut self.feed {
-                Feed::First(body) => match body.next().await? {
-                    Ok(bytes) => {
-                        self.received += bytes.len() as u64;
-                        return Some(Ok(bytes));
-                    }
-                    Err(e) => e,
-                },
-                Feed::Upstream(body) => {
-                    let item = body.next().await?;
-                    return Some(item.map_err(|e| Arc::new(e) as SourceError));
-                }
-                Feed::Failed => return None,
-            };
-            self.feed = Feed::Failed;
-            let offset = self.received;
-            let Some(size) = self.size.filter(|size| offset < *size) else {
-                return Some(Err(broken));
-            };
-            tracing::warn!(digest = %self.digest, offset, size, error = %broken,
-                "the blob's source broke off; asking upstream for the rest");
-            let rest = self
-                .upstream
-                .get_blob_from(&self.repo, &self.digest, offset, size);
-            match rest.await {
-                Ok(rest) => self.feed = Feed::Upstream(rest.body),
-                Err(e) => return Some(Err(Arc::new(e))),
-            }
-        }
-    }
-}
 fn flight_error(error: FlightError, digest: &Digest) -> RegistryError {
     match error {
         FlightError::Source(source) => match source.downcast_ref::<UpstreamError>() {

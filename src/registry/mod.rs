@@ -16,6 +16,7 @@ mod ops;
 mod referrers;
 mod referrers_store;
 mod share;
+mod splice;
 mod tag_prune;
 mod tag_store;
 mod tagged;

@@ -96,6 +96,30 @@ impl S3Tier {
         })
     }
 
+    /// The bytes of a blob of `size` bytes from `offset` on, in one ranged
+    /// GET, even while the tier is skipped after a failure: the rest of a
+    /// download whose source broke off (see `registry::splice`). `None`
+    /// when the bucket does not have the object, or answers another range.
+    pub async fn open_rest(&self, key: &ObjectKey, offset: u64, size: u64) -> Option<Source> {
+        let object_key = self.object_key(key);
+        let get = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .range(range_header(offset, size - offset))
+            .send()
+            .await;
+        let out = self.settle(get, "read", &object_key)?;
+        let expected = (offset, size - 1, size);
+        if out.content_range().and_then(parse_content_range) != Some(expected) {
+            tracing::warn!(key = %object_key, content_range = ?out.content_range(), "S3 answered another range than asked");
+            return None;
+        }
+        self.part_reads.inc();
+        Some(self.one_stream(out))
+    }
+
     /// Deletes an object that failed verification (or was short), only as
     /// it was read (`If-Match` its `etag`): a good copy another replica
     /// wrote meanwhile survives. Counted and logged; the next read misses
