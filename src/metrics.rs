@@ -131,17 +131,11 @@ impl TrafficCollectors {
                 "pullthrough_download_memory_bytes",
                 "Memory held by downloads the disk tier could not take (full or failing), all together; bounded by memory.max_download_bytes.",
             ),
-            followers_cut: {
-                let c = prometheus::IntCounter::new(
-                    "pullthrough_download_clients_cut_total",
-                    "Clients cut off (their connection aborted, so they retry) for not reading a download held in memory while it waited on them.",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            followers_cut: single_counter(
+                registry,
+                "pullthrough_download_clients_cut_total",
+                "Clients cut off (their connection aborted, so they retry) for not reading a download held in memory while it waited on them.",
+            ),
         }
     }
 }
@@ -229,17 +223,11 @@ impl CacheCollectors {
                 "Objects found damaged in a cache tier (their bytes do not match their digest, or are short) and deleted; the request fetched a good copy.",
                 &["tier"],
             ),
-            scrubbed_bytes: {
-                let c = prometheus::IntCounter::new(
-                    "pullthrough_cache_scrubbed_bytes_total",
-                    "Bytes of the disk tier hashed again by its background scrub (one pass per disk.scrub_interval).",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            scrubbed_bytes: single_counter(
+                registry,
+                "pullthrough_cache_scrubbed_bytes_total",
+                "Bytes of the disk tier hashed again by its background scrub (one pass per disk.scrub_interval).",
+            ),
         }
     }
 }
@@ -253,6 +241,15 @@ impl std::ops::Deref for Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+/// A counter without labels, registered.
+fn single_counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
