@@ -9,12 +9,11 @@
 //! ever copied. Chunks every reader has passed are dropped, so a download
 //! held in memory costs its window, not its size (see `window`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::window::DownloadMemory;
+use super::window::Tail;
 
 /// Where readers of a download slice its bytes from.
 #[derive(Clone, Debug)]
@@ -55,106 +54,10 @@ impl View {
     }
 }
 
-/// The in-memory rest of a download, from byte `start` on, of which the
-/// chunks every reader has passed are dropped.
-#[derive(Debug)]
-pub(super) struct Tail {
-    start: u64,
-    /// Chunks with the offset of their first byte, in order.
-    chunks: RwLock<Vec<(u64, Bytes)>>,
-    /// Bytes before this were dropped (zero while none were).
-    dropped: AtomicU64,
-    /// Bytes held now, taken from `memory`.
-    held: AtomicU64,
-    memory: Arc<DownloadMemory>,
-}
-
-impl Tail {
-    /// An empty tail for the bytes from `start` on, held within `memory`.
-    pub(super) fn new(start: u64, memory: Arc<DownloadMemory>) -> Arc<Tail> {
-        Arc::new(Tail {
-            start,
-            chunks: RwLock::default(),
-            dropped: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-            memory,
-        })
-    }
-
-    pub(super) fn memory(&self) -> &DownloadMemory {
-        &self.memory
-    }
-
-    /// Bytes held now.
-    pub(super) fn held(&self) -> u64 {
-        self.held.load(Ordering::Acquire)
-    }
-
-    fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Acquire)
-    }
-
-    /// Appends `chunks`, which follow the bytes already held; their
-    /// memory was taken from the budget (see `window::make_room`).
-    pub(super) fn push(&self, chunks: impl IntoIterator<Item = Bytes>) {
-        let mut held = self.chunks.write().unwrap_or_else(|e| e.into_inner());
-        let mut end = held
-            .last()
-            .map_or(self.start.max(self.dropped()), |(offset, b)| {
-                offset + b.len() as u64
-            });
-        for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
-            let len = chunk.len() as u64;
-            held.push((end, chunk));
-            end += len;
-            self.held.fetch_add(len, Ordering::AcqRel);
-        }
-    }
-
-    /// Drops the chunks that end at or before `pos`, giving their memory
-    /// back; returns the first byte still readable when any were dropped.
-    pub(super) fn drop_before(&self, pos: u64) -> Option<u64> {
-        let mut held = self.chunks.write().unwrap_or_else(|e| e.into_inner());
-        let gone = held.partition_point(|(offset, b)| offset + b.len() as u64 <= pos);
-        if gone == 0 {
-            return None;
-        }
-        let (offset, last) = &held[gone - 1];
-        let floor = offset + last.len() as u64;
-        let freed: u64 = held.drain(..gone).map(|(_, b)| b.len() as u64).sum();
-        self.held.fetch_sub(freed, Ordering::AcqRel);
-        self.memory.give(freed);
-        self.dropped.store(floor, Ordering::Release);
-        Some(floor)
-    }
-
-    fn piece(&self, pos: u64, stop: u64) -> Option<Bytes> {
-        if pos < self.dropped() {
-            return None;
-        }
-        let held = self.chunks.read().unwrap_or_else(|e| e.into_inner());
-        let Some(index) = held
-            .partition_point(|(offset, _)| *offset <= pos)
-            .checked_sub(1)
-        else {
-            return Some(Bytes::new());
-        };
-        let (offset, chunk) = &held[index];
-        let from = ((pos - offset) as usize).min(chunk.len());
-        let to = (stop.saturating_sub(*offset) as usize).min(chunk.len());
-        Some(chunk.slice(from..to.max(from)))
-    }
-}
-
-impl Drop for Tail {
-    fn drop(&mut self) {
-        self.memory.give(self.held());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::window::DownloadMemory;
     use crate::metrics::Metrics;
 
     fn memory() -> Arc<DownloadMemory> {

@@ -32,14 +32,13 @@
 //!   client, and gives up after [`STALL`] if none comes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::flight::FlightError;
-use super::view::Tail;
 use crate::metrics::Metrics;
 
 /// How long a download waits on a client that does not read before that
@@ -119,6 +118,11 @@ struct SeatsState {
 pub(super) struct Seat {
     pos: AtomicU64,
 }
+
+/// No client came for a download held in memory: it is given up.
+#[derive(Debug, thiserror::Error)]
+#[error("no client came for a download held in memory")]
+pub(super) struct NoClient;
 
 /// The bytes a client wants were dropped, or it was cut off for not reading.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +220,7 @@ impl Seats {
 /// window and the process's budget. Cuts off a client that holds the
 /// window without reading for [`STALL`]; fails when no client has come
 /// for that long.
-pub(super) async fn make_room(tail: &Tail, seats: &Seats, len: u64) -> Result<(), FlightError> {
+pub(super) async fn make_room(tail: &Tail, seats: &Seats, len: u64) -> Result<(), NoClient> {
     let memory = tail.memory();
     let mut last = None;
     let mut since = Instant::now();
@@ -235,7 +239,7 @@ pub(super) async fn make_room(tail: &Tail, seats: &Seats, len: u64) -> Result<()
                 None => {
                     seats.waiting.store(false, Ordering::Release);
                     tracing::warn!("no client came for a download held in memory; giving it up");
-                    return Err(FlightError::Abandoned);
+                    return Err(NoClient);
                 }
                 Some(pos) => {
                     let cut = seats.cut_at(pos);
@@ -253,16 +257,113 @@ pub(super) async fn make_room(tail: &Tail, seats: &Seats, len: u64) -> Result<()
     }
 }
 
+/// The in-memory rest of a download, from byte `start` on, of which the
+/// chunks every reader has passed are dropped.
+#[derive(Debug)]
+pub(super) struct Tail {
+    start: u64,
+    /// Chunks with the offset of their first byte, in order.
+    chunks: RwLock<Vec<(u64, Bytes)>>,
+    /// Bytes before this were dropped (zero while none were).
+    dropped: AtomicU64,
+    /// Bytes held now, taken from `memory`.
+    held: AtomicU64,
+    memory: Arc<DownloadMemory>,
+}
+
+impl Tail {
+    /// An empty tail for the bytes from `start` on, held within `memory`.
+    pub(super) fn new(start: u64, memory: Arc<DownloadMemory>) -> Arc<Tail> {
+        Arc::new(Tail {
+            start,
+            chunks: RwLock::default(),
+            dropped: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            memory,
+        })
+    }
+
+    pub(super) fn memory(&self) -> &DownloadMemory {
+        &self.memory
+    }
+
+    /// Bytes held now.
+    pub(super) fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Bytes before this were dropped (zero while none were).
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Appends `chunks`, which follow the bytes already held; their
+    /// memory was taken from the budget (see `window::make_room`).
+    pub(super) fn push(&self, chunks: impl IntoIterator<Item = Bytes>) {
+        let mut held = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        let mut end = held
+            .last()
+            .map_or(self.start.max(self.dropped()), |(offset, b)| {
+                offset + b.len() as u64
+            });
+        for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+            let len = chunk.len() as u64;
+            held.push((end, chunk));
+            end += len;
+            self.held.fetch_add(len, Ordering::AcqRel);
+        }
+    }
+
+    /// Drops the chunks that end at or before `pos`, giving their memory
+    /// back; returns the first byte still readable when any were dropped.
+    pub(super) fn drop_before(&self, pos: u64) -> Option<u64> {
+        let mut held = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        let gone = held.partition_point(|(offset, b)| offset + b.len() as u64 <= pos);
+        if gone == 0 {
+            return None;
+        }
+        let (offset, last) = &held[gone - 1];
+        let floor = offset + last.len() as u64;
+        let freed: u64 = held.drain(..gone).map(|(_, b)| b.len() as u64).sum();
+        self.held.fetch_sub(freed, Ordering::AcqRel);
+        self.memory.give(freed);
+        self.dropped.store(floor, Ordering::Release);
+        Some(floor)
+    }
+
+    /// As `View::piece`, within the tail.
+    pub(super) fn piece(&self, pos: u64, stop: u64) -> Option<Bytes> {
+        if pos < self.dropped() {
+            return None;
+        }
+        let held = self.chunks.read().unwrap_or_else(|e| e.into_inner());
+        let Some(index) = held
+            .partition_point(|(offset, _)| *offset <= pos)
+            .checked_sub(1)
+        else {
+            return Some(Bytes::new());
+        };
+        let (offset, chunk) = &held[index];
+        let from = ((pos - offset) as usize).min(chunk.len());
+        let to = (stop.saturating_sub(*offset) as usize).min(chunk.len());
+        Some(chunk.slice(from..to.max(from)))
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.memory.give(self.held());
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
 
     /// Fills `tail` one MiB at a time as the window allows.
-    async fn fill(tail: &Tail, seats: &Seats, mibs: u64) -> Result<(), FlightError> {
+    async fn fill(tail: &Tail, seats: &Seats, mibs: u64) -> Result<(), NoClient> {
         for _ in 0..mibs {
             make_room(tail, seats, MIB).await?;
             tail.push([Bytes::from(vec![0; MIB as usize])]);
@@ -309,7 +410,7 @@ mod tests {
         let (_, tail, seats) = window();
         let started = Instant::now();
         let given_up = fill(&tail, &seats, 8).await;
-        assert!(matches!(given_up, Err(FlightError::Abandoned)));
+        assert!(matches!(given_up, Err(NoClient)));
         assert!(started.elapsed() >= STALL);
         assert_eq!(tail.held(), 4 * MIB, "held its window for the first client");
     }

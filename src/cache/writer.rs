@@ -19,8 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::flight::{FlightError, Progress, Publisher};
 use super::read::map_file;
-use super::view::Tail;
-use super::window::{DownloadMemory, Seats, make_room};
+use super::window::{DownloadMemory, Seats, Tail, make_room};
 use super::{CacheError, TempFile, blocking};
 use crate::digest::{Digest, Hasher};
 use crate::metrics::Metrics;
@@ -191,7 +190,9 @@ impl Writer {
         let before = self.written;
         if let Sink::Memory(tail) = &self.sink {
             let len = self.queued - self.written;
-            make_room(tail, &self.seats, len).await?;
+            make_room(tail, &self.seats, len)
+                .await
+                .map_err(|_| FlightError::Abandoned)?;
             tail.push(batch);
         }
         self.written = self.queued;
