@@ -238,29 +238,41 @@ impl DiskTier {
     /// Deletes a damaged object's files and forgets it; counted and logged.
     async fn discard_damaged(&self, key: &ObjectKey) {
         tracing::warn!(digest = %key.digest, "a file in the disk tier does not match its digest: deleted, fetching a good copy");
-        self.metrics
-            .cache
-            .corrupt
-            .with_label_values(&["disk"])
-            .inc();
-        self.verified.forget(key);
-        let (root, evictor, key) = (self.root.clone(), self.evictor.clone(), key.clone());
+        let (root, evictor, verified, metrics, key) = (
+            self.root.clone(),
+            self.evictor.clone(),
+            self.verified.clone(),
+            self.metrics.clone(),
+            key.clone(),
+        );
         let removed = on_pool(move || {
-            let path = root.join(super::object_path(&key));
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_error(format!("deleting {}", path.display()))(e));
-                }
-                _ => {}
-            }
-            evictor.forget(&key);
-            Ok(())
+            let context = format!("deleting the damaged {}", key.digest);
+            delete_damaged(&root, &evictor, &verified, &metrics, &key).map_err(io_error(context))
         })
         .await;
         if let Err(e) = removed {
             tracing::warn!(error = %e, "could not delete a damaged object");
         }
     }
+}
+
+/// Deletes the file of `key`, found damaged, and forgets it; counted in
+/// `pullthrough_cache_corrupt_total{tier="disk"}`. Blocking.
+pub(super) fn delete_damaged(
+    root: &Path,
+    evictor: &Evictor,
+    verified: &Verifications,
+    metrics: &Metrics,
+    key: &ObjectKey,
+) -> io::Result<()> {
+    metrics.cache.corrupt.with_label_values(&["disk"]).inc();
+    verified.forget(key);
+    match fs::remove_file(root.join(super::object_path(key))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    evictor.forget(key);
+    Ok(())
 }
 
 fn create_temp_in(tmp: &Path) -> Result<TempFile, CacheError> {

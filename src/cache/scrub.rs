@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::disk::delete_damaged;
 use super::evict::{Evictor, walk_dir};
 use super::verify::{Fingerprint, Verifications, hashes_to};
 use super::{ObjectKey, ObjectKind, object_path};
@@ -113,14 +114,9 @@ impl Scrubber {
             Ok(Some(false)) if unchanged() => {
                 tracing::warn!(digest = %key.digest, path = %path.display(),
                     "the disk scrub found a file that does not match its digest: deleted");
-                self.metrics
-                    .cache
-                    .corrupt
-                    .with_label_values(&["disk"])
-                    .inc();
-                self.verified.forget(key);
-                if fs::remove_file(&path).is_ok() {
-                    self.evictor.forget(key);
+                let (root, evictor, verified) = (&self.root, &self.evictor, &self.verified);
+                if let Err(e) = delete_damaged(root, evictor, verified, &self.metrics, key) {
+                    tracing::warn!(error = %e, "could not delete a damaged object");
                 }
             }
             // Stopped, unreadable, or changed meanwhile (lookups see to it).
