@@ -96,28 +96,24 @@ impl ReferrersStore {
         })
     }
 
-    /// The answer and the tier it came from: memory, else the newest of
-    /// disk and the shared tier (another replica may have checked since).
+    /// The answer and the tier it came from: memory, else disk, else the
+    /// shared tier (where another replica may have left it).
     pub async fn get(&self, key: &ReferrersKey) -> Option<(ReferrersRecord, &'static str)> {
         if let Some(record) = self.memory.get(key) {
             return Some((record, "memory"));
         }
         let path = self.dir.join(key.file_name());
-        let on_disk = blocking::run(move || read(&path)).await.ok().flatten();
-        let shared = match &self.shared {
-            Some(s3) => {
+        let found = match blocking::run(move || read(&path)).await.ok().flatten() {
+            Some(record) => (record, "disk"),
+            None => {
+                let s3 = self.shared.as_ref()?;
                 let object = s3.tag_key(&format!("{REFERRERS}/{}", key.file_name()));
-                let bytes = s3.get_small(&object).await.map(|o| o.bytes);
-                bytes.and_then(|b| serde_json::from_slice::<ReferrersRecord>(&b).ok())
+                let bytes = s3.get_small(&object).await?.bytes;
+                (serde_json::from_slice(&bytes).ok()?, "s3")
             }
-            None => None,
         };
-        let newest = [on_disk.map(|r| (r, "disk")), shared.map(|r| (r, "s3"))]
-            .into_iter()
-            .flatten()
-            .max_by_key(|(r, _)| r.validated_at_ms)?;
-        self.memory.insert(key.clone(), newest.0.clone());
-        Some(newest)
+        self.memory.insert(key.clone(), found.0.clone());
+        Some(found)
     }
 
     /// Keeps `record` as the answer to `key`: in memory now, on disk and in
