@@ -66,11 +66,7 @@ impl ReferrersRecord {
     /// Whether it may be served without asking upstream: within `ttl` of
     /// its last check, or within `retry` of a failed one.
     pub fn is_fresh(&self, now: u64, ttl: std::time::Duration, retry: std::time::Duration) -> bool {
-        let valid_until = self.validated_at_ms.saturating_add(ttl.as_millis() as u64);
-        let retry_at = self
-            .failed_at_ms
-            .map_or(0, |f| f.saturating_add(retry.as_millis() as u64));
-        now < valid_until.max(retry_at)
+        super::tags::fresh(self.validated_at_ms, self.failed_at_ms, now, ttl, retry)
     }
 }
 

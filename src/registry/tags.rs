@@ -62,17 +62,29 @@ impl TagRecord {
     /// Whether the record may be served without asking upstream: within the
     /// TTL of its last check, or within `retry` of a failed one.
     pub fn is_fresh(&self, now_ms: u64, ttl: Duration, retry: Duration) -> bool {
-        let valid_until = self.validated_at_ms.saturating_add(ttl.as_millis() as u64);
-        let retry_at = self
-            .failed_at_ms
-            .map_or(0, |f| f.saturating_add(retry.as_millis() as u64));
-        now_ms < valid_until.max(retry_at)
+        fresh(self.validated_at_ms, self.failed_at_ms, now_ms, ttl, retry)
     }
 
     /// The digest, parsed (records are written from parsed digests).
     pub fn digest(&self) -> Option<Digest> {
         self.digest.parse().ok()
     }
+}
+
+/// Whether an answer confirmed upstream at `validated_at_ms`, whose last
+/// check failed at `failed_at_ms`, may be served at `now_ms` without asking
+/// upstream: within `ttl` of the confirmation, or within `retry` of the
+/// failure. Tags and referrers answers alike.
+pub(super) fn fresh(
+    validated_at_ms: u64,
+    failed_at_ms: Option<u64>,
+    now_ms: u64,
+    ttl: Duration,
+    retry: Duration,
+) -> bool {
+    let valid_until = validated_at_ms.saturating_add(ttl.as_millis() as u64);
+    let retry_at = failed_at_ms.map_or(0, |f| f.saturating_add(retry.as_millis() as u64));
+    now_ms < valid_until.max(retry_at)
 }
 
 /// Everything known about one tag; one file per tag.
