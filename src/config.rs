@@ -24,12 +24,14 @@ mod budget;
 mod cluster;
 mod listen;
 mod resilience;
+mod s3;
 
 pub use auth::{AuthConfig, ReadRule, repository_glob};
 pub use budget::BudgetConfig;
 pub use cluster::ClusterConfig;
 pub use listen::{ListenLimits, TlsConfig};
 pub use resilience::ResilienceConfig;
+pub use s3::S3Config;
 
 /// The name of the upstream that plain `/v2/<name>` requests go to.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -108,60 +110,6 @@ impl MemoryConfig {
     pub fn download_bytes(&self) -> u64 {
         self.max_download_bytes
             .map_or((self.max_bytes.0 / 8).max(8 << 20), |b| b.0)
-    }
-}
-
-/// The shared tier: one bucket for every replica. Credentials come from the
-/// standard AWS chain (environment, profile, ECS task role, IMDS), never
-/// from this file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Config {
-    /// The bucket; empty turns the tier off.
-    pub bucket: String,
-    /// Key prefix for every object, such as `pullthrough/`.
-    pub prefix: String,
-    /// AWS region; else from `AWS_REGION` and the usual chain.
-    pub region: Option<String>,
-    /// An S3-compatible endpoint (MinIO and others), addressed path-style.
-    pub endpoint: Option<String>,
-    /// Bound on each S3 operation other than streaming a body, and on a
-    /// body's silence.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Blobs are read in ranged GETs of this size: one connection to S3 is
-    /// far slower than several.
-    #[serde(serialize_with = "render::exact_size")]
-    pub read_part_size: ByteSize,
-    /// Ranged GETs in flight for one blob; memory per read is bounded by
-    /// this times `read_part_size`.
-    pub read_concurrency: usize,
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        S3Config {
-            bucket: String::new(),
-            prefix: String::new(),
-            region: None,
-            endpoint: None,
-            timeout: Duration::from_secs(5),
-            read_part_size: ByteSize::mib(8),
-            read_concurrency: 8,
-        }
-    }
-}
-
-/// Bounds on `s3.read_part_size`: smaller parts cost more requests than
-/// they save, larger ones hold more memory per read.
-const READ_PART_SIZE: std::ops::RangeInclusive<u64> = 64 * 1024..=1024 * 1024 * 1024;
-/// Bounds on `s3.read_concurrency`.
-const READ_CONCURRENCY: std::ops::RangeInclusive<usize> = 1..=64;
-
-impl S3Config {
-    /// Whether the shared tier is configured.
-    pub fn enabled(&self) -> bool {
-        !self.bucket.is_empty()
     }
 }
 
@@ -346,6 +294,8 @@ pub struct Overrides {
     pub s3_region: Option<String>,
     pub s3_read_part_size: Option<ByteSize>,
     pub s3_read_concurrency: Option<usize>,
+    pub s3_redirect: Option<bool>,
+    pub s3_public_endpoint: Option<String>,
     pub peers: Vec<String>,
     pub advertise: Option<String>,
 }
@@ -456,6 +406,12 @@ impl Config {
         if let Some(v) = o.s3_read_concurrency {
             self.s3.read_concurrency = v;
         }
+        if let Some(v) = o.s3_redirect {
+            self.s3.redirect = v;
+        }
+        if o.s3_public_endpoint.is_some() {
+            self.s3.public_endpoint = o.s3_public_endpoint;
+        }
         if !o.peers.is_empty() {
             self.cluster.peers = o.peers;
         }
@@ -529,26 +485,7 @@ impl Config {
         self.auth
             .validate(|name| self.upstreams.contains_key(name))?;
         self.cluster.validate()?;
-        if self.s3.enabled() {
-            if !(3..=63).contains(&self.s3.bucket.len()) {
-                return Err(invalid("s3.bucket", "must be 3 to 63 characters"));
-            }
-            if let Some(endpoint) = &self.s3.endpoint {
-                match reqwest::Url::parse(endpoint) {
-                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                    _ => return Err(invalid("s3.endpoint", "must be an http:// or https:// URL")),
-                }
-            }
-            if self.s3.timeout.is_zero() {
-                return Err(invalid("s3.timeout", "must be greater than zero"));
-            }
-            if !READ_PART_SIZE.contains(&self.s3.read_part_size.0) {
-                return Err(invalid("s3.read_part_size", "must be from 64KiB to 1GiB"));
-            }
-            if !READ_CONCURRENCY.contains(&self.s3.read_concurrency) {
-                return Err(invalid("s3.read_concurrency", "must be from 1 to 64"));
-            }
-        }
+        self.s3.validate()?;
         for (name, upstream) in &self.upstreams {
             let field = |f: &str| format!("upstreams.{name:?}.{f}");
             if name.is_empty() || name.contains('/') {

@@ -145,6 +145,13 @@ struct ServeArgs {
     /// Ranged GETs in flight per blob read from S3 [default: 8].
     #[arg(long, env = "PULLTHROUGH_S3_READ_CONCURRENCY")]
     s3_read_concurrency: Option<usize>,
+    /// Send nodes to the bucket for warm blobs of 1 MiB or more (a redirect to
+    /// a presigned URL) instead of streaming them [default: false].
+    #[arg(long, env = "PULLTHROUGH_S3_REDIRECT", num_args = 0..=1, default_missing_value = "true")]
+    s3_redirect: Option<bool>,
+    /// The S3 endpoint nodes reach the bucket at, when not the replicas' one.
+    #[arg(long, env = "PULLTHROUGH_S3_PUBLIC_ENDPOINT")]
+    s3_public_endpoint: Option<String>,
     /// The replicas of this mirror, this one included: URLs, or one
     /// dns:NAME:PORT (comma-separated in the variable) [default: none].
     #[arg(long, env = "PULLTHROUGH_PEERS", value_delimiter = ',')]
@@ -173,6 +180,8 @@ impl ServeArgs {
             s3_region: self.s3_region,
             s3_read_part_size: self.s3_read_part_size,
             s3_read_concurrency: self.s3_read_concurrency,
+            s3_redirect: self.s3_redirect,
+            s3_public_endpoint: self.s3_public_endpoint,
             peers: self.peers,
             advertise: self.advertise,
         };

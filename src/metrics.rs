@@ -6,11 +6,13 @@
 //! records, so every figure has one source.
 
 mod cluster;
+mod blobs;
 mod listener;
 
 use std::sync::Arc;
 
 pub use cluster::ClusterCollectors;
+pub use blobs::BlobCollectors;
 pub use listener::ListenerCollectors;
 
 use prometheus::{
@@ -68,6 +70,8 @@ pub struct Collectors {
     pub traffic: TrafficCollectors,
     /// Client connections and the listener's refusals.
     pub listener: ListenerCollectors,
+    /// Blob GETs streamed or redirected to the bucket.
+    pub blobs: BlobCollectors,
     /// Requests between replicas and the members seen.
     pub cluster: ClusterCollectors,
 }
@@ -115,7 +119,7 @@ impl TrafficCollectors {
             served_bytes: counter(
                 registry,
                 "pullthrough_served_bytes_total",
-                "Body bytes of successful manifest and blob GETs (from Content-Length), by the tier that answered: memory, disk, s3, peer (the replica that owns the key), upstream, or cache (a cached manifest after revalidation, stale or reserve).",
+                "Body bytes of successful manifest and blob GETs (from Content-Length), by the tier that answered: memory, disk, s3, peer (the replica that owns the key), upstream, cache (a cached manifest after revalidation, stale or reserve), or redirect (a blob the bucket sent through a redirect: its size or the requested range's).",
                 &["tier"],
             ),
             upstream_seconds,
@@ -397,6 +401,7 @@ impl Metrics {
         let cache = CacheCollectors::register(&registry);
         let traffic = TrafficCollectors::register(&registry);
         let listener = ListenerCollectors::register(&registry);
+        let blobs = BlobCollectors::register(&registry, &traffic.served_bytes);
         let cluster = ClusterCollectors::register(&registry);
         Metrics(Arc::new(Collectors {
             registry,
@@ -422,6 +427,7 @@ impl Metrics {
             egress_refused,
             traffic,
             listener,
+            blobs,
             cluster,
         }))
     }

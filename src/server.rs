@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppState, AuthError, ClientAuth, router, starting_router};
+use crate::api::{AppState, AuthError, ClientAuth, RedirectRules, router, starting_router};
 use crate::listen::{self, Listening, TlsError};
 use std::sync::Arc;
 
@@ -77,6 +77,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         metrics,
         board,
         auth,
+        redirects: Arc::new(RedirectRules::new(&config.s3)),
     })
 }
 

@@ -1,5 +1,5 @@
 //! The blob handler: whole or one range, from the cache or a download in
-//! progress.
+//! progress, or a redirect to the bucket that holds it.
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -8,7 +8,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::range::{self, ByteRange};
 use super::{ApiError, AppState, resolve};
 use crate::digest::Digest;
-use crate::registry::{BlobBody, BlobReply, Caller};
+use crate::cache::Redirect;
+use crate::metrics::BlobCollectors;
+use crate::registry::{BlobBody, BlobReply, BlobWant, Caller};
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`.
 pub async fn serve(
@@ -24,15 +26,36 @@ pub async fn serve(
     let digest: Digest = digest
         .parse()
         .map_err(|e| ApiError::blob_reference(crate::reference::ReferenceError::from(e)))?;
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let want = if head {
+        BlobWant::Head
+    } else if state
+        .redirects
+        .allow(user_agent, upstream.name(), repo.as_str())
+    {
+        BlobWant::BodyOrRedirect
+    } else {
+        BlobWant::Body
+    };
     let reply = state
         .registry
-        .blob(&upstream, &repo, &digest, !head, caller)
+        .blob(&upstream, &repo, &digest, want, caller)
         .await?;
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    Ok(blob_response(reply, &digest, range_header))
+    Ok(blob_response(
+        reply,
+        &digest,
+        range_header,
+        &state.metrics.blobs,
+    ))
 }
 
-fn blob_response(reply: BlobReply, digest: &Digest, range_header: Option<&str>) -> Response {
+fn blob_response(
+    reply: BlobReply,
+    digest: &Digest,
+    range_header: Option<&str>,
+    counted: &BlobCollectors,
+) -> Response {
     let range = match reply.size {
         Some(size) => range::parse(range_header, size),
         // A download of unknown length can only be sent whole.
@@ -43,8 +66,20 @@ fn blob_response(reply: BlobReply, digest: &Digest, range_header: Option<&str>) 
         (ByteRange::Partial { start, end }, _) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
         (_, size) => (StatusCode::OK, 0, size.unwrap_or(u64::MAX)),
     };
+    if let BlobBody::Redirect(redirect) = reply.body {
+        counted.redirected.inc();
+        counted.redirected_bytes.inc_by(end - start);
+        counted.served_by_redirect.inc_by(end - start);
+        return redirected(&redirect, digest, reply.outcome);
+    }
+    if !matches!(reply.body, BlobBody::None) {
+        counted.streamed.inc();
+        if reply.size.is_some() {
+            counted.streamed_bytes.inc_by(end - start);
+        }
+    }
     let body = match reply.body {
-        BlobBody::None => Body::empty(),
+        BlobBody::None | BlobBody::Redirect(_) => Body::empty(),
         BlobBody::Cached(content) => match content.slice(start, end, reply.size.unwrap_or(0)) {
             Ok(bytes) => Body::from(bytes),
             Err(e) => {
@@ -80,6 +115,29 @@ fn blob_response(reply: BlobReply, digest: &Digest, range_header: Option<&str>) 
         headers.insert(header::ETAG, v);
     }
     response.extensions_mut().insert(reply.outcome);
+    response
+}
+
+/// A `307` to the bucket's presigned URL: the client sends its request,
+/// `Range` included, there; the URL expires, so the answer is not cached.
+fn redirected(redirect: &Redirect, digest: &Digest, outcome: crate::registry::Outcome) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let headers = response.headers_mut();
+    match HeaderValue::from_str(&redirect.url) {
+        Ok(location) => headers.insert(header::LOCATION, location),
+        Err(_) => {
+            let message = "the bucket's presigned URL is not a valid header value".to_owned();
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
+                .into_response();
+        }
+    };
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+        headers.insert("docker-content-digest", v);
+    }
+    response.extensions_mut().insert(outcome);
     response
 }
 

@@ -21,6 +21,7 @@ mod manifests;
 mod pagination;
 mod peer;
 pub(crate) mod range;
+mod redirects;
 mod referrers;
 mod status;
 
@@ -35,6 +36,7 @@ pub use auth::{AuthError, ClientAuth};
 pub use error::{ApiError, ErrorNote};
 pub use health::starting_router;
 pub use range::ByteRange;
+pub use redirects::RedirectRules;
 
 use crate::metrics::Metrics;
 use crate::reference::{RepoName, V2Path};
@@ -49,6 +51,8 @@ pub struct AppState {
     pub board: crate::status::Board,
     /// Client authentication; `None` when it is off.
     pub auth: Option<std::sync::Arc<ClientAuth>>,
+    /// Which blob GETs may be redirected to the bucket.
+    pub redirects: std::sync::Arc<RedirectRules>,
 }
 
 /// The whole API, ready to serve or to drive with `oneshot` in tests.

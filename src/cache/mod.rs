@@ -35,7 +35,7 @@ pub use flight::{Flight, FlightError, Flights, Origin, Seated, Source, SourceErr
 pub use memory::MemoryTier;
 pub use pinning::Pinned;
 pub use read::{ByteStream, read_whole};
-pub use s3::{ProbeFailure, S3StartError, S3Tier};
+pub use s3::{ProbeFailure, Redirect, S3StartError, S3Tier};
 pub use tiered::TieredCache;
 
 use crate::digest::{Digest, DigestMismatch};

@@ -20,6 +20,8 @@ mod check;
 pub use check::ProbeFailure;
 mod get;
 mod parts;
+mod redirect;
+pub use redirect::Redirect;
 
 use std::collections::HashSet;
 use std::io;
@@ -67,6 +69,8 @@ pub struct S3Tier {
     corrupt: IntCounter,
     /// Objects whose upload failed or was skipped while degraded.
     pending: Mutex<HashSet<ObjectKey>>,
+    /// Redirects of blob GETs to the bucket, when on.
+    redirects: Option<redirect::Redirects>,
 }
 
 /// A small object read whole.
@@ -165,6 +169,7 @@ impl S3Tier {
             part_reads: metrics.s3_part_reads.clone(),
             corrupt: metrics.cache.corrupt.with_label_values(&["s3"]),
             pending: Mutex::new(HashSet::new()),
+            redirects: redirect::Redirects::new(config, &shared).await,
         };
         match tier.client.head_bucket().bucket(&tier.bucket).send().await {
             Ok(_) => Ok(tier),
@@ -413,6 +418,15 @@ impl S3Tier {
         }
     }
 
+    /// Notes a finished upload, so a blob can be redirected to at once.
+    async fn now_holds(&self, key: &ObjectKey, size: u64) {
+        if let Some(redirects) = &self.redirects
+            && key.kind == ObjectKind::Blob
+        {
+            redirects.stored(key, size).await;
+        }
+    }
+
     /// Objects that still have to be uploaded after an outage.
     pub fn take_pending(&self) -> Vec<ObjectKey> {
         if !self.available() {
@@ -480,6 +494,7 @@ impl Tier for S3Tier {
             Payload::Bytes(bytes) => {
                 let ct = object.meta().media_type.as_deref();
                 if self.put_small(&object_key, bytes.clone(), ct, true).await {
+                    self.now_holds(key, size).await;
                     return Ok(());
                 }
                 self.remember(key);
@@ -502,6 +517,7 @@ impl Tier for S3Tier {
         match result {
             Ok(()) => {
                 self.succeeded();
+                self.now_holds(key, size).await;
                 Ok(())
             }
             Err(message) => {

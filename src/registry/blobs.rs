@@ -7,19 +7,34 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 
 use super::splice::{Rest, spliced};
-use super::{Caller, Outcome, Registry, RegistryError};
+use super::{Caller, Outcome, Registry, RegistryError, Scope};
 use crate::cache::{
-    Content, Flight, FlightError, ObjectKey, Origin, S3Tier, Seated, Source, SourceError,
+    Content, Flight, FlightError, ObjectKey, Origin, Redirect, S3Tier, Seated, Source,
+    SourceError,
 };
 use crate::cluster::{Cluster, OwnerKey, Peer, PeerError};
 use crate::digest::Digest;
 use crate::reference::RepoName;
 use crate::upstream::{ErrorKind, Upstream, UpstreamError};
 
+/// What a blob request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobWant {
+    /// HEAD: the size.
+    Head,
+    /// GET: the bytes, sent by this replica.
+    Body,
+    /// GET from a client that may be sent to the bucket for the bytes
+    /// (`s3.redirect`); streamed when the bucket cannot serve them.
+    BodyOrRedirect,
+}
+
 /// Where a blob's bytes come from.
 pub enum BlobBody {
     /// HEAD: no bytes.
     None,
+    /// The bucket: the client is sent to a presigned URL.
+    Redirect(Redirect),
     /// A cache hit.
     Cached(Content),
     /// A download in progress, possibly shared with other clients.
@@ -42,16 +57,20 @@ fn upstream_error(digest: &Digest) -> impl FnOnce(UpstreamError) -> RegistryErro
 }
 
 impl Registry {
-    /// Answers a blob GET (`want_body`) or HEAD.
+    /// Answers a blob GET or HEAD.
     pub async fn blob(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-        want_body: bool,
+        want: BlobWant,
         caller: &Caller,
     ) -> Result<BlobReply, RegistryError> {
         let key = ObjectKey::blob(digest.clone());
+        let want_body = want != BlobWant::Head;
+        // Only a client's own request goes to the bucket: a peer asking
+        // this replica as the owner wants the bytes themselves.
+        let may_redirect = want == BlobWant::BodyOrRedirect && caller.scope == Scope::Fleet;
         let in_memory = self.inner.cache.memory().get(&key);
         // A download under way is joined before the other tiers are asked:
         // they cannot have the blob yet, and in a rollout thousands of
@@ -69,6 +88,9 @@ impl Registry {
             None => self.cached(&key).await,
         };
         if let Some((object, tier)) = cached {
+            if may_redirect && let Some(reply) = self.redirect(&key, Some(object.meta.size)).await {
+                return Ok(reply);
+            }
             let body = if want_body {
                 BlobBody::Cached(object.content)
             } else {
@@ -109,6 +131,9 @@ impl Registry {
                 outcome: Outcome::Miss,
             });
         }
+        if may_redirect && let Some(reply) = self.redirect(&key, None).await {
+            return Ok(reply);
+        }
         self.handoff(&key).await;
         let source = self.blob_source(upstream, repo, &key, caller);
         let (flight, joined) =
@@ -117,6 +142,17 @@ impl Registry {
                 .join_or_start(key.clone(), self.inner.cache.clone(), source);
         self.follow(upstream, repo, &key, flight, joined, caller)
             .await
+    }
+
+    /// A redirect to the bucket for `key` (`size` bytes, when cached here),
+    /// when the shared tier can give one (see `S3Tier::redirect`).
+    async fn redirect(&self, key: &ObjectKey, size: Option<u64>) -> Option<BlobReply> {
+        let redirect = self.inner.cache.shared()?.redirect(key, size).await?;
+        Some(BlobReply {
+            size: Some(redirect.size),
+            body: BlobBody::Redirect(redirect),
+            outcome: Outcome::Redirected,
+        })
     }
 
     /// Where a download of `key` gets its bytes (see [`download`]).

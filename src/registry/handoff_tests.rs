@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use http::{Method, StatusCode, Uri};
 use tokio::sync::oneshot;
 
-use super::{BlobBody, Caller, ClientId, Registry};
+use super::{BlobBody, BlobWant, Caller, ClientId, Registry};
 use crate::cache::{DiskTier, MemoryTier, ObjectKey, TieredCache};
 use crate::config::{Config, UpstreamConfig};
 use crate::digest::Digest;
@@ -147,6 +147,7 @@ async fn body_of(reply: super::BlobReply) -> Vec<u8> {
         }
         BlobBody::Cached(content) => content.slice(0, size, size).unwrap().to_vec(),
         BlobBody::None => Vec::new(),
+        BlobBody::Redirect(r) => panic!("no bucket here, yet a redirect to {}", r.url),
     }
 }
 
@@ -171,7 +172,7 @@ async fn a_blob_request_parked_at_the_hand_off_never_fetches_twice() {
         async move {
             body_of(
                 registry
-                    .blob(&target, &repo, &digest, true, &anyone())
+                    .blob(&target, &repo, &digest, BlobWant::Body, &anyone())
                     .await
                     .unwrap(),
             )
@@ -183,7 +184,7 @@ async fn a_blob_request_parked_at_the_hand_off_never_fetches_twice() {
     // Meanwhile another request fetches the blob, stores it, and its
     // flight ends.
     let first = registry
-        .blob(&target, &repo, &digest, true, &anyone())
+        .blob(&target, &repo, &digest, BlobWant::Body, &anyone())
         .await
         .unwrap();
     assert_eq!(body_of(first).await, upstream.blob);

@@ -81,7 +81,7 @@ impl Registry {
     /// had it gone there.
     fn count_pull_avoided(&self, upstream: &Upstream, outcome: Outcome) {
         let reason = match outcome {
-            Outcome::Hit(_) => "cached",
+            Outcome::Hit(_) | Outcome::Redirected => "cached",
             Outcome::Revalidated => "revalidated",
             Outcome::Coalesced => "coalesced",
             Outcome::Reserve => "reserve",

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use crate::singleflight::{Abandoned, SingleFlight};
 pub use accept::{ALL_MANIFEST_TYPES, AcceptSet, KNOWN_MANIFEST_TYPES, Kind};
-pub use blobs::{BlobBody, BlobReply};
+pub use blobs::{BlobBody, BlobReply, BlobWant};
 pub use caller::{Caller, Scope};
 pub use manifests::ManifestReply;
 pub use ops::{PinReport, Readiness};
@@ -62,6 +62,8 @@ pub enum Outcome {
     Reserve,
     /// Answered by the replica that owns the key in the fleet.
     Peer,
+    /// A blob the bucket holds: the client was sent there for its bytes.
+    Redirected,
     /// Relayed from upstream without caching (tag lists).
     Relayed,
     /// Answered locally without the cache (`/v2/`, errors).
@@ -82,6 +84,7 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::Reserve => "reserve",
             Outcome::Peer => "peer",
+            Outcome::Redirected => "hit-redirect",
             Outcome::Relayed => "relayed",
             Outcome::Local => "local",
         }

@@ -108,6 +108,19 @@ fn summary(html: &mut String, s: &Snapshot) {
         );
     }
     html.push_str("</table>");
+    let b = &s.blob_bytes;
+    let share = b.bucket_share();
+    let _ = write!(
+        html,
+        "<p>Blob bytes: {} sent by this replica, {} by the bucket through redirects ({} from the bucket).</p>",
+        figure("blob-bytes-streamed", b.streamed, &bytes(b.streamed)),
+        figure("blob-bytes-redirected", b.redirected, &bytes(b.redirected)),
+        figure(
+            "bucket-share",
+            share.map_or(String::new(), |f| format!("{f:.6}")),
+            &share.map_or("–".to_owned(), |f| format!("{:.1}%", f * 100.0))
+        ),
+    );
 }
 
 /// Lookups per interval as bars, hits over them, the hit ratio as a line.

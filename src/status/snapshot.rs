@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub pulls: Pulls,
     /// `pullthrough_served_bytes_total` by tier.
     pub served_bytes: BTreeMap<String, u64>,
+    /// Blob bytes this replica sent and those the bucket sent instead.
+    #[serde(default)]
+    pub blob_bytes: BlobBytes,
     pub upstreams: Vec<UpstreamStatus>,
     pub cache: Vec<CacheTier>,
     pub downloads: Downloads,
@@ -98,6 +101,23 @@ pub struct CacheTier {
     pub evictions: u64,
     /// `ok`, or for S3 `degraded`.
     pub state: String,
+}
+
+/// Blob bytes by who sent them, from `pullthrough_blob_answer_bytes_total`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlobBytes {
+    /// Sent by this replica, from any tier or upstream.
+    pub streamed: u64,
+    /// Sent by the bucket, to which the clients were redirected.
+    pub redirected: u64,
+}
+
+impl BlobBytes {
+    /// The share of blob bytes the bucket sent; `None` before any.
+    pub fn bucket_share(&self) -> Option<f64> {
+        let total = self.streamed + self.redirected;
+        (total > 0).then(|| self.redirected as f64 / total as f64)
+    }
 }
 
 /// Blob downloads in flight.
@@ -185,6 +205,7 @@ impl Snapshot {
                 saved_by_reason: samples.by_label("pullthrough_pulls_avoided_total", "reason"),
             },
             served_bytes: samples.by_label("pullthrough_served_bytes_total", "tier"),
+            blob_bytes: blob_bytes(&samples),
             upstreams: upstreams(registry, &samples, now),
             cache: cache(registry, &samples),
             downloads: Downloads {
@@ -201,6 +222,15 @@ impl Snapshot {
             history: board.history(),
             sample_every_secs: SAMPLE_EVERY.as_secs(),
         }
+    }
+}
+
+fn blob_bytes(samples: &Samples) -> BlobBytes {
+    let via = samples.by_label("pullthrough_blob_answer_bytes_total", "via");
+    let of = |how: &str| via.get(how).copied().unwrap_or(0);
+    BlobBytes {
+        streamed: of("stream"),
+        redirected: of("redirect"),
     }
 }
 

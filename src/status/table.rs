@@ -34,6 +34,15 @@ pub fn write_table(s: &Snapshot, out: &mut impl Write) -> io::Result<()> {
     for (tier, hits, served) in s.tiers() {
         writeln!(out, "{tier:<10} {hits:>10} {:>14}", bytes(served))?;
     }
+    let b = &s.blob_bytes;
+    writeln!(
+        out,
+        "blob bytes     {} sent by this replica, {} by the bucket ({} from the bucket)",
+        bytes(b.streamed),
+        bytes(b.redirected),
+        b.bucket_share()
+            .map_or("–".to_owned(), |f| format!("{:.1}%", f * 100.0))
+    )?;
 
     writeln!(
         out,

@@ -126,6 +126,9 @@ impl S3Tier {
     /// and fetches a good copy.
     pub async fn discard_damaged(&self, key: &ObjectKey, etag: Option<&str>) {
         self.corrupt.inc();
+        if let Some(redirects) = &self.redirects {
+            redirects.forget(key).await;
+        }
         let object_key = self.object_key(key);
         tracing::warn!(key = %object_key, "S3 holds an object that does not match its digest: deleting it");
         let mut delete = self
