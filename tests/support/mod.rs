@@ -27,6 +27,7 @@ pub mod reads;
 pub mod registry;
 pub mod s3;
 pub mod simclient;
+pub mod tap;
 pub mod tls;
 
 use bytes::Bytes;
