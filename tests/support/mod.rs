@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod browser;
 pub mod cfn;
 pub mod client;
+pub mod credentials;
 pub mod daemons;
 pub mod disk;
 pub mod docs;

@@ -35,10 +35,11 @@ const MARGIN: Duration = Duration::from_secs(60);
 /// Credentials about to expire are asked for again at most this often
 /// (the provider may keep handing out the same ones until it rotates).
 const REFRESH_EVERY_MS: u64 = 30_000;
-/// How long a HEAD's answer is trusted: an object found stays briefly
-/// (a lifecycle rule may expire it), one not found only a moment (its
-/// upload may be finishing).
-const PRESENT_FOR: Duration = Duration::from_secs(60);
+/// How long a HEAD's answer is trusted: an object found stays briefly (a
+/// lifecycle rule may expire it, and a bucket that stopped answering is
+/// only noticed by asking it), one not found only a moment (its upload
+/// may be finishing).
+const PRESENT_FOR: Duration = Duration::from_secs(15);
 const ABSENT_FOR: Duration = Duration::from_secs(5);
 /// Bound on remembered HEAD answers.
 const KNOWN_CAPACITY: u64 = 100_000;
@@ -143,7 +144,14 @@ impl S3Tier {
     /// it, and the bucket holds it whole; else `None`, and it is streamed.
     pub async fn redirect(&self, key: &ObjectKey, size: Option<u64>) -> Option<Redirect> {
         let redirects = self.redirects.as_ref()?;
-        if self.is_degraded() || size.is_some_and(|s| !redirects.worth(s)) {
+        if size.is_some_and(|s| !redirects.worth(s)) {
+            return None;
+        }
+        // A degraded bucket is not redirected to. Past its backoff, this
+        // request's own HEAD is the probe that may end the degraded state.
+        if self.is_degraded()
+            && (!self.available() || self.size_of(key).await.is_none() || self.is_degraded())
+        {
             return None;
         }
         let held = redirects.held(key, self.size_of(key)).await?;
