@@ -18,6 +18,7 @@ use support::proxy::{self, Proxy};
 use support::random_bytes;
 use support::registry::free_port;
 use support::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+use support::tap::BucketTap;
 
 fn pullthrough(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pullthrough"));
@@ -256,10 +257,46 @@ async fn doctor_passes_on_a_sound_setup() {
         "{out}"
     );
     assert!(
+        line(&out, "s3", "redirect").0.starts_with('·'),
+        "redirects are off: {out}"
+    );
+    assert!(
         s3.keys("doctor-bucket", "team/").await.is_empty(),
         "the probe is deleted"
     );
     assert!(out.contains("0 failed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fetches_a_presigned_url_as_nodes_will_when_redirects_are_on() {
+    let sim = HubSim::start().await;
+    sim.push_image("ratelimitpreview/test", "latest", &[random_bytes(1024, 1)]);
+    let s3 = S3Server::start().await;
+    s3.create_bucket("doctor-bucket").await;
+    let tap = BucketTap::start(&s3.endpoint).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut command = doctor(&sim.registry_url, data.path(), &s3, SECRET_KEY);
+    command.args(["--s3-redirect", "--s3-public-endpoint", &tap.endpoint]);
+    let (ok, out) = run(command).await;
+    assert!(ok, "{out}");
+    let (text, _) = line(&out, "s3", "redirect");
+    assert!(text.starts_with('✓') && text.contains("127.0.0.2"), "{text}");
+    let gets = tap.gets();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert!(gets[0].contains("team/doctor/") && gets[0].contains("X-Amz-Signature="));
+    assert!(tap.with_authorization().is_empty());
+    assert!(s3.keys("doctor-bucket", "team/").await.is_empty());
+
+    // Nodes sent to a name nothing answers at: named, with the fix.
+    let mut command = doctor(&sim.registry_url, data.path(), &s3, SECRET_KEY);
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    command.args(["--s3-redirect", "--s3-public-endpoint", &nowhere]);
+    let (ok, out) = run(command).await;
+    assert!(!ok, "{out}");
+    let (text, hint) = line(&out, "s3", "redirect");
+    assert!(text.starts_with('✗') && text.contains("presigned GET"), "{text}");
+    assert!(hint.contains("s3.public_endpoint"), "{hint}");
+    assert!(line(&out, "s3", "access").0.starts_with('✓'), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

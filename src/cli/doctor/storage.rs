@@ -49,11 +49,14 @@ pub(super) async fn s3_checks(config: &Config, metrics: &Metrics) -> Vec<Check> 
     }
     let probe = format!("{}-{}", std::process::id(), crate::status::now_secs());
     match tier.probe_access(&probe).await {
-        Ok(key) => vec![Check::pass(
-            "s3",
-            "access",
-            format!("put, get and delete of {bucket}/{key}"),
-        )],
+        Ok(key) => {
+            let access = Check::pass(
+                "s3",
+                "access",
+                format!("put, get and delete of {bucket}/{key}"),
+            );
+            vec![access, redirect_check(&tier, &probe).await]
+        }
         Err(e) => {
             let arn = format!("arn:aws:s3:::{}*", tier.location());
             let hint = match e.call {
@@ -64,6 +67,31 @@ pub(super) async fn s3_checks(config: &Config, metrics: &Metrics) -> Vec<Check> 
             };
             vec![Check::fail("s3", "access", e.to_string(), hint)]
         }
+    }
+}
+
+/// With `s3.redirect` on: a presigned URL made here can be fetched with no
+/// credentials, as nodes will fetch blobs.
+async fn redirect_check(tier: &S3Tier, probe: &str) -> Check {
+    if !tier.redirects() {
+        return Check::skip(
+            "s3",
+            "redirect",
+            "s3.redirect is off: every blob is streamed by the replicas",
+        );
+    }
+    match tier.probe_redirect(probe).await {
+        Ok(host) => Check::pass(
+            "s3",
+            "redirect",
+            format!("a presigned URL for {host} fetched from here without credentials; nodes must reach {host} too"),
+        ),
+        Err(e) => Check::fail(
+            "s3",
+            "redirect",
+            e.to_string(),
+            "nodes are sent to this URL for warm blobs: check s3.public_endpoint (the name nodes reach the bucket by), the route to S3 (a gateway endpoint in the nodes' route tables), and that the bucket policy admits requests through it (aws:SourceVpce); or turn s3.redirect off",
+        ),
     }
 }
 
