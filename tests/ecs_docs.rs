@@ -77,3 +77,24 @@ fn the_task_role_policy_allows_the_tiers_calls_on_the_prefix_only() {
     // and deletes on the prefix.
     assert_eq!(iam::granted(&policy), iam::needed(bucket, prefix));
 }
+
+#[test]
+fn the_bucket_policy_for_redirects_denies_cache_reads_from_outside_the_vpc_endpoint() {
+    let task = readme("ecs-task-definition");
+    let env = container_env(&task, "x");
+    let objects = format!(
+        "arn:aws:s3:::{}/{}*",
+        env["PULLTHROUGH_S3_BUCKET"], env["PULLTHROUGH_S3_PREFIX"]
+    );
+    let policy = readme("s3-bucket-policy-vpce");
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 1, "{policy}");
+    let deny = &statements[0];
+    assert_eq!(deny["Effect"], "Deny");
+    assert_eq!(deny["Principal"], "*");
+    // Presigned URLs are GETs; the task role's other calls are untouched.
+    assert_eq!(deny["Action"], "s3:GetObject");
+    assert_eq!(deny["Resource"].as_str(), Some(objects.as_str()));
+    let vpce = &deny["Condition"]["StringNotEquals"]["aws:SourceVpce"];
+    assert!(vpce.as_str().is_some_and(|v| v.starts_with("vpce-")), "{deny}");
+}
