@@ -335,3 +335,30 @@ async fn a_url_never_outlives_the_credentials_that_sign_it() {
     let (status, body) = follow(location, None).await;
     assert_eq!((status, sha256_digest(&body)), (200, digest));
 }
+
+#[tokio::test]
+async fn warming_takes_a_redirect_as_warm_and_fetches_nothing_from_the_bucket() {
+    let w = world().await;
+    let layer = random_bytes(2 << 20, 8);
+    let image = w.sim.push_image(REPO, "1", &[layer.clone()]);
+    let digest = sha256_digest(&layer);
+    let a = w.replica("a", &["--s3-redirect"]).await;
+    let warm = || async {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"));
+        command.args(["warm", "--url", &a.url, "app:1"]);
+        let out = support::process::run_to_end(command, Duration::from_secs(60)).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // Cold: the layer is fetched and streamed to the warmer.
+    let out = warm().await;
+    assert!(out.contains("0 failures"), "{out}");
+    w.until_in_bucket(&digest).await;
+    // Warm in the bucket: the mirror's redirect is the answer.
+    let out = warm().await;
+    assert!(out.contains("0 failures"), "{out}");
+    assert_eq!(redirected(&a).await, 1.0, "{image:?}");
+    assert!(w.tap.requests().is_empty(), "{:#?}", w.tap.requests());
+}

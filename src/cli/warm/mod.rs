@@ -76,6 +76,8 @@ impl Warmer {
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("pullthrough-warm/", env!("CARGO_PKG_VERSION")))
+            // A redirect to the bucket says the blob is warm there already.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Warmer {
@@ -182,6 +184,17 @@ impl Warmer {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let status = response.status();
+        if status == reqwest::StatusCode::TEMPORARY_REDIRECT
+            && response
+                .headers()
+                .get("docker-content-digest")
+                .is_some_and(|d| d.as_bytes() == job.digest.as_bytes())
+        {
+            // Sent to the bucket (`s3.redirect`): it holds the blob, which a
+            // replica verified before uploading; nothing to fetch.
+            bar.inc(job.size);
+            return Ok(job.size);
+        }
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             return Err(fail(oci_message(status, &body)));
