@@ -63,3 +63,36 @@ pub fn referrers_index(descriptors: &[Value]) -> Bytes {
 pub fn referrers_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
+
+/// The annotation oras gives each file of an artifact: its file name.
+pub const TITLE: &str = "org.opencontainers.image.title";
+
+/// An artifact manifest as `oras push` makes it: the empty config, and
+/// one `application/octet-stream` layer for each of `files` (name,
+/// bytes), titled with its name.
+pub fn bundle(artifact_type: &str, files: &[(&str, Bytes)]) -> Bytes {
+    let empty = json!({
+        "mediaType": EMPTY_TYPE,
+        "digest": super::sha256_digest(EMPTY),
+        "size": EMPTY.len(),
+    });
+    let layers: Vec<Value> = files
+        .iter()
+        .map(|(name, bytes)| {
+            json!({
+                "mediaType": "application/octet-stream",
+                "digest": super::sha256_digest(bytes),
+                "size": bytes.len(),
+                "annotations": {TITLE: name},
+            })
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty,
+        "layers": layers,
+    });
+    Bytes::from(manifest.to_string())
+}

@@ -73,6 +73,22 @@ pub fn pinned_tool(name: &str) -> std::path::PathBuf {
     pinned
 }
 
+/// The python of the tools' virtualenv, where tests/run installs the
+/// pinned Python packages the tests import (oras); missing, the test fails
+/// naming tests/run.
+pub fn venv_python() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let python = home.join(".cache/pullthrough-tools/venv/bin/python");
+    assert!(
+        python.is_file(),
+        "no virtualenv at {}: run tests/run, which makes it",
+        python.display()
+    );
+    python
+}
+
 /// Every `.rs` file under `dir`, for the tests that read the source.
 pub fn source_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
