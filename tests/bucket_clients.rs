@@ -322,11 +322,18 @@ async fn containerd_follows_the_redirects_through_a_hosts_toml() {
 async fn podman_follows_the_redirects_through_a_registries_conf_mirror() {
     let w = world(&[]).await;
     let podman = Podman::new(&snippet(GUIDE, "registries-conf", &w.mirror));
+    // `--creds` is never sent to a mirror: the mirror's login comes from
+    // the auth file, under its own host, as `podman login` writes it.
+    let auth = tempfile::tempdir().unwrap();
+    let authfile = auth.path().join("auth.json");
+    let login = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let auths = serde_json::json!({"auths": {&w.mirror: {"auth": login}}});
+    std::fs::write(&authfile, auths.to_string()).unwrap();
     let reference = format!("docker.io/{IMAGE}:{TAG}");
-    let login = format!("{USER}:{PASSWORD}");
     let figures = w
         .measure(async || {
-            run_ok(podman.pull_command(&reference, &["--creds", &login])).await;
+            let extra = ["--authfile", authfile.to_str().unwrap()];
+            run_ok(podman.pull_command(&reference, &extra)).await;
         })
         .await;
     assert_eq!(podman.digest(&reference).await, w.image.digest);
@@ -358,7 +365,7 @@ async fn skopeo_follows_the_redirects() {
     for blob in w.image.layers.iter().chain([&w.image.config]) {
         let digest = sha256_digest(blob);
         let file = dest.join(digest.trim_start_matches("sha256:"));
-        assert!(std::fs::read(file).unwrap() == blob, "{digest}");
+        assert!(std::fs::read(file).unwrap() == *blob, "{digest}");
     }
     w.check_image_followed(&figures).await;
 }
@@ -384,7 +391,7 @@ async fn oras_py_follows_the_redirects_for_an_artifact() {
         .await;
     for (name, bytes) in &w.files {
         let pulled = std::fs::read(out.path().join("bundle").join(name)).unwrap();
-        assert!(pulled == bytes, "{name}");
+        assert!(pulled == *bytes, "{name}");
     }
     // The manifest, by digest, is the one pushed.
     let client = Client::new(&w.replica.url);
