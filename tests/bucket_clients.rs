@@ -7,8 +7,9 @@
 //! the mirror its credentials; none sends them, or any `Authorization`,
 //! to the bucket (S3 refuses a presigned request that carries one). The
 //! bucket is reached through a tap on 127.0.0.2, another host than the
-//! mirror's 127.0.0.1, as S3 is in production: Go and Python clients keep
-//! `Authorization` on a redirect to the same host.
+//! mirror, as S3 is in production: Go and Python clients keep
+//! `Authorization` on a redirect to the same host. Another tap in front of
+//! the mirror shows that the clients did send it their credentials.
 
 mod support;
 
@@ -27,7 +28,7 @@ use support::image::{Format, Image, image};
 use support::process::Replica;
 use support::registry::require;
 use support::s3::{S3Server, SECRET_KEY, aws_env};
-use support::tap::BucketTap;
+use support::tap::{BucketTap, header};
 use support::{random_bytes, sha256_digest, venv_python, wait_until_async};
 
 const GUIDE: &str = "docs/deploy.md";
@@ -50,7 +51,10 @@ struct World {
     s3: S3Server,
     tap: BucketTap,
     replica: Replica,
-    /// `127.0.0.1:<port>` of the replica.
+    /// The tap in front of the replica, on 127.0.0.3, which the clients
+    /// are given as the mirror.
+    front: BucketTap,
+    /// `127.0.0.3:<port>` of the mirror, through `front`.
     mirror: String,
     image: Image,
     /// The artifact's files (name, bytes), and its manifest's digest.
@@ -65,6 +69,8 @@ struct World {
 struct Figures {
     redirected: f64,
     streamed_bytes: f64,
+    /// The heads of the GETs the mirror and the bucket were sent.
+    mirror_gets: Vec<String>,
     bucket_gets: Vec<String>,
 }
 
@@ -125,11 +131,13 @@ async fn world(no_redirect_user_agents: &[&str]) -> World {
         &aws_env(SECRET_KEY),
     )
     .await;
-    let mirror = replica.url.trim_start_matches("http://").to_owned();
+    let front = BucketTap::start_at("127.0.0.3", &replica.url).await;
+    let mirror = front.endpoint.trim_start_matches("http://").to_owned();
     let world = World {
         s3,
         tap,
         replica,
+        front,
         mirror,
         image,
         files,
@@ -214,11 +222,13 @@ impl World {
     /// the bucket.
     async fn measure(&self, pull: impl AsyncFnOnce()) -> Figures {
         self.tap.clear();
+        self.front.clear();
         let (redirected, streamed) = (self.redirected().await, self.streamed_bytes().await);
         pull().await;
         let figures = Figures {
             redirected: self.redirected().await - redirected,
             streamed_bytes: self.streamed_bytes().await - streamed,
+            mirror_gets: self.front.gets(),
             bucket_gets: self.tap.gets(),
         };
         eprintln!(
@@ -230,9 +240,9 @@ impl World {
         figures
     }
 
-    /// Checks that the client was challenged by the mirror (so it sent
-    /// credentials to pull), was redirected once for each of `large`
-    /// blobs, fetched each from the bucket through the tap, had the
+    /// Checks that the client was challenged by the mirror and sent it
+    /// credentials for each of `large` blobs, was redirected once for
+    /// each, fetched each from the bucket through the tap, had the
     /// replica stream only the rest (`small` bytes), and sent the bucket
     /// no `Authorization`.
     async fn check_followed(&self, figures: &Figures, large: &[Bytes], small: usize) {
@@ -240,6 +250,16 @@ impl World {
             self.challenged().await > 0.0,
             "the mirror asked for credentials"
         );
+        for blob in large {
+            let path = format!("/blobs/{}", sha256_digest(blob));
+            let mut asked = figures.mirror_gets.iter().filter(|h| {
+                h.lines().next().is_some_and(|l| l.contains(&path))
+            });
+            assert!(
+                asked.any(|h| header(h, "authorization").is_some()),
+                "the mirror was sent credentials for {path}: {figures:?}"
+            );
+        }
         assert_eq!(figures.redirected, large.len() as f64, "{figures:?}");
         for blob in large {
             let object = format!("GET /{BUCKET}/{}?", key(blob));
@@ -315,6 +335,11 @@ async fn containerd_follows_the_redirects_through_a_hosts_toml() {
         })
         .await;
     assert_eq!(containerd.digest(&reference).await, w.image.digest);
+    let blob_gets = figures.mirror_gets.iter().filter(|h| h.contains("/blobs/"));
+    assert!(
+        blob_gets.clone().count() >= 3 && blob_gets.clone().all(|h| h.contains("?ns=docker.io ")),
+        "routed by ns: {figures:?}"
+    );
     w.check_image_followed(&figures).await;
 }
 

@@ -22,13 +22,19 @@ impl BucketTap {
     /// Relays `127.0.0.2:<free port>` to the S3 at `target`
     /// (`http://127.0.0.1:<port>`).
     pub async fn start(target: &str) -> BucketTap {
+        BucketTap::start_at("127.0.0.2", target).await
+    }
+
+    /// Relays `<host>:<free port>` (a loopback address) to `target`, any
+    /// HTTP/1.1 server: also a way to see what clients send the mirror.
+    pub async fn start_at(host: &str, target: &str) -> BucketTap {
         let target = target
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let listener = TcpListener::bind("127.0.0.2:0")
+        let listener = TcpListener::bind((host, 0))
             .await
-            .expect("127.0.0.2 is loopback on Linux");
+            .unwrap_or_else(|e| panic!("{host} is loopback on Linux: {e}"));
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let heads = Arc::new(Mutex::new(Vec::new()));
         let kept = heads.clone();
