@@ -43,10 +43,13 @@ const IMAGE: &str = "library/big";
 /// An OCI artifact of two files over 1 MiB, for oras.
 const BUNDLE: &str = "myorg/bundle";
 const TAG: &str = "v1";
+/// The User-Agent of a client excluded from redirects
+/// (`s3.no_redirect_user_agents`), in every world.
+const LEAKY: &str = "Leaky-Client/";
 
 /// Docker Hub's simulator with the image and the artifact, s3s-fs behind
 /// the tap, and one replica redirecting to it with client authentication
-/// on; everything already in the bucket.
+/// on and [`LEAKY`] excluded; everything already in the bucket.
 struct World {
     s3: S3Server,
     tap: BucketTap,
@@ -74,7 +77,7 @@ struct Figures {
     bucket_gets: Vec<String>,
 }
 
-async fn world(no_redirect_user_agents: &[&str]) -> World {
+async fn world() -> World {
     let sim = HubSim::start().await;
     let image = image(Format::Docker, "amd64", &[2_500_000, 1_600_000], 41);
     sim.put_blob(image.config.clone());
@@ -102,7 +105,7 @@ async fn world(no_redirect_user_agents: &[&str]) -> World {
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     std::fs::write(&htpasswd, format!("{USER}:{hash}\n")).unwrap();
     let config = dir.path().join("pullthrough.toml");
-    let agents = serde_json::to_string(no_redirect_user_agents).unwrap();
+    let agents = serde_json::to_string(&[LEAKY]).unwrap();
     std::fs::write(
         &config,
         format!(
@@ -252,9 +255,10 @@ impl World {
         );
         for blob in large {
             let path = format!("/blobs/{}", sha256_digest(blob));
-            let mut asked = figures.mirror_gets.iter().filter(|h| {
-                h.lines().next().is_some_and(|l| l.contains(&path))
-            });
+            let mut asked = figures
+                .mirror_gets
+                .iter()
+                .filter(|h| h.lines().next().is_some_and(|l| l.contains(&path)));
             assert!(
                 asked.any(|h| header(h, "authorization").is_some()),
                 "the mirror was sent credentials for {path}: {figures:?}"
@@ -263,7 +267,10 @@ impl World {
         assert_eq!(figures.redirected, large.len() as f64, "{figures:?}");
         for blob in large {
             let object = format!("GET /{BUCKET}/{}?", key(blob));
-            let fetched = figures.bucket_gets.iter().filter(|h| h.starts_with(&object));
+            let fetched = figures
+                .bucket_gets
+                .iter()
+                .filter(|h| h.starts_with(&object));
             assert_eq!(fetched.count(), 1, "{object}: {figures:?}");
         }
         assert_eq!(figures.bucket_gets.len(), large.len(), "{figures:?}");
@@ -292,7 +299,7 @@ impl World {
 
 #[tokio::test]
 async fn dockerd_follows_the_redirects_through_registry_mirrors() {
-    let w = world(&[]).await;
+    let w = world().await;
     let user_data = snippet(GUIDE, "ecs-user-data", &w.mirror);
     let dockerd = Dockerd::start(&heredoc(&user_data, "JSON")).await;
     // Through registry-mirrors dockerd sends Docker Hub's login.
@@ -309,7 +316,9 @@ async fn dockerd_follows_the_redirects_through_registry_mirrors() {
         digests.contains(&format!("big@{}", w.image.digest)),
         "{digests:?}"
     );
-    let inspect = dockerd.api("GET", &format!("/images/{reference}/json")).await;
+    let inspect = dockerd
+        .api("GET", &format!("/images/{reference}/json"))
+        .await;
     let inspected: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(inspected["Id"], sha256_digest(&w.image.config));
     w.check_image_followed(&figures).await;
@@ -317,7 +326,7 @@ async fn dockerd_follows_the_redirects_through_registry_mirrors() {
 
 #[tokio::test]
 async fn containerd_follows_the_redirects_through_a_hosts_toml() {
-    let w = world(&[]).await;
+    let w = world().await;
     let hosts = tempfile::tempdir().unwrap();
     std::fs::create_dir(hosts.path().join("_default")).unwrap();
     std::fs::write(
@@ -345,7 +354,7 @@ async fn containerd_follows_the_redirects_through_a_hosts_toml() {
 
 #[tokio::test]
 async fn podman_follows_the_redirects_through_a_registries_conf_mirror() {
-    let w = world(&[]).await;
+    let w = world().await;
     let podman = Podman::new(&snippet(GUIDE, "registries-conf", &w.mirror));
     // `--creds` is never sent to a mirror: the mirror's login comes from
     // the auth file, under its own host, as `podman login` writes it.
@@ -377,7 +386,7 @@ fn skopeo_copy(mirror: &str, dest: &Path) -> Command {
 
 #[tokio::test]
 async fn skopeo_follows_the_redirects() {
-    let w = world(&[]).await;
+    let w = world().await;
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("big");
     let figures = w
@@ -397,7 +406,7 @@ async fn skopeo_follows_the_redirects() {
 
 #[tokio::test]
 async fn oras_py_follows_the_redirects_for_an_artifact() {
-    let w = world(&[]).await;
+    let w = world().await;
     let out = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/oras_pull.py");
     let reference = format!("{}/{BUNDLE}:{TAG}", w.mirror);
@@ -427,4 +436,56 @@ async fn oras_py_follows_the_redirects_for_an_artifact() {
     assert_eq!(manifest.body_digest(), w.bundle);
     let large: Vec<Bytes> = w.files.iter().map(|(_, b)| b.clone()).collect();
     w.check_followed(&figures, &large, 0).await;
+}
+
+/// The check has teeth: a client that keeps `Authorization` on a redirect
+/// to another host (curl with `--location-trusted`) is seen doing so at
+/// the tap (s3s-fs still answers it; S3 would refuse it). Such a client is
+/// streamed by the mirror once its User-Agent is in
+/// `s3.no_redirect_user_agents`.
+#[tokio::test]
+async fn a_client_that_sends_the_bucket_authorization_is_seen_and_can_be_streamed_instead() {
+    let w = world().await;
+    let layer = &w.image.layers[0];
+    let url = format!(
+        "http://{}/v2/{IMAGE}/blobs/{}",
+        w.mirror,
+        sha256_digest(layer)
+    );
+    let curl = |agent: &str, out: &Path| {
+        let mut curl = Command::new(require("curl"));
+        curl.args([
+            "-sSf",
+            "--location-trusted",
+            "-u",
+            &format!("{USER}:{PASSWORD}"),
+        ])
+        .args(["-A", agent, "-o"])
+        .arg(out)
+        .arg(&url);
+        curl
+    };
+    let out = tempfile::tempdir().unwrap();
+    let leaked = out.path().join("leaked");
+    let figures = w
+        .measure(async || {
+            run_ok(curl("curl/7", &leaked)).await;
+        })
+        .await;
+    assert!(std::fs::read(&leaked).unwrap() == *layer);
+    assert_eq!((figures.redirected, figures.bucket_gets.len()), (1.0, 1));
+    let carried = w.tap.with_authorization();
+    assert_eq!(carried.len(), 1, "{figures:?}");
+    assert!(header(&carried[0], "authorization").is_some_and(|v| v.starts_with("Basic ")));
+
+    let streamed = out.path().join("streamed");
+    let figures = w
+        .measure(async || {
+            run_ok(curl("leaky-client/1.0", &streamed)).await;
+        })
+        .await;
+    assert!(std::fs::read(&streamed).unwrap() == *layer);
+    assert_eq!(figures.redirected, 0.0, "{figures:?}");
+    assert_eq!(figures.streamed_bytes, layer.len() as f64);
+    assert_eq!(figures.bucket_gets, Vec::<String>::new());
 }
