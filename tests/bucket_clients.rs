@@ -71,6 +71,7 @@ struct World {
 #[derive(Debug)]
 struct Figures {
     redirected: f64,
+    redirected_bytes: f64,
     streamed_bytes: f64,
     /// The heads of the GETs the mirror and the bucket were sent.
     mirror_gets: Vec<String>,
@@ -206,8 +207,8 @@ impl World {
             .await
     }
 
-    async fn streamed_bytes(&self) -> f64 {
-        let via = [("via", "stream")];
+    async fn answer_bytes(&self, via: &str) -> f64 {
+        let via = [("via", via)];
         self.replica
             .metric("pullthrough_blob_answer_bytes_total", &via)
             .await
@@ -226,17 +227,21 @@ impl World {
     async fn measure(&self, pull: impl AsyncFnOnce()) -> Figures {
         self.tap.clear();
         self.front.clear();
-        let (redirected, streamed) = (self.redirected().await, self.streamed_bytes().await);
+        let redirected = self.redirected().await;
+        let redirected_bytes = self.answer_bytes("redirect").await;
+        let streamed_bytes = self.answer_bytes("stream").await;
         pull().await;
         let figures = Figures {
             redirected: self.redirected().await - redirected,
-            streamed_bytes: self.streamed_bytes().await - streamed,
+            redirected_bytes: self.answer_bytes("redirect").await - redirected_bytes,
+            streamed_bytes: self.answer_bytes("stream").await - streamed_bytes,
             mirror_gets: self.front.gets(),
             bucket_gets: self.tap.gets(),
         };
         eprintln!(
-            "redirected {}, streamed {} bytes, {} GETs at the bucket",
+            "redirected {} ({} bytes), streamed {} bytes, {} GETs at the bucket",
             figures.redirected,
+            figures.redirected_bytes,
             figures.streamed_bytes,
             figures.bucket_gets.len()
         );
@@ -245,7 +250,8 @@ impl World {
 
     /// Checks that the client was challenged by the mirror and sent it
     /// credentials for each of `large` blobs, was redirected once for
-    /// each, fetched each from the bucket through the tap, had the
+    /// each (their bytes counted as the bucket's), fetched each from the
+    /// bucket through the tap, had the
     /// replica stream only the rest (`small` bytes), and sent the bucket
     /// no `Authorization`.
     async fn check_followed(&self, figures: &Figures, large: &[Bytes], small: usize) {
@@ -265,6 +271,8 @@ impl World {
             );
         }
         assert_eq!(figures.redirected, large.len() as f64, "{figures:?}");
+        let sizes: usize = large.iter().map(Bytes::len).sum();
+        assert_eq!(figures.redirected_bytes, sizes as f64, "{figures:?}");
         for blob in large {
             let object = format!("GET /{BUCKET}/{}?", key(blob));
             let fetched = figures
