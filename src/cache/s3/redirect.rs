@@ -65,9 +65,27 @@ pub struct Redirects {
 /// How long a HEAD's answer is kept: longer when present.
 struct KnownFor;
 
+impl KnownFor {
+    fn life(held: &Option<u64>) -> Option<Duration> {
+        Some(if held.is_some() { PRESENT_FOR } else { ABSENT_FOR })
+    }
+}
+
 impl Expiry<ObjectKey, Option<u64>> for KnownFor {
     fn expire_after_create(&self, _: &ObjectKey, held: &Option<u64>, _: Instant) -> Option<Duration> {
-        Some(if held.is_some() { PRESENT_FOR } else { ABSENT_FOR })
+        KnownFor::life(held)
+    }
+
+    /// A finished upload replacing an absent answer is kept as present
+    /// (moka's default would keep the absent answer's few seconds left).
+    fn expire_after_update(
+        &self,
+        _: &ObjectKey,
+        held: &Option<u64>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        KnownFor::life(held)
     }
 }
 
@@ -283,6 +301,17 @@ mod tests {
             client: Client::from_conf(config),
             expires,
         }
+    }
+
+    #[test]
+    fn an_upload_that_finishes_after_an_absent_answer_is_kept_as_present() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let key = ObjectKey::blob(digest.parse().unwrap());
+        let (now, left) = (Instant::now(), Some(Duration::from_secs(2)));
+        let present = KnownFor.expire_after_update(&key, &Some(7), now, left);
+        assert_eq!(present, Some(PRESENT_FOR));
+        let absent = KnownFor.expire_after_update(&key, &None, now, left);
+        assert_eq!(absent, Some(ABSENT_FOR));
     }
 
     #[test]
