@@ -5,14 +5,14 @@
 //! upstream client; connection metrics by the listener. Nothing else
 //! records, so every figure has one source.
 
-mod cluster;
 mod blobs;
+mod cluster;
 mod listener;
 
 use std::sync::Arc;
 
-pub use cluster::ClusterCollectors;
 pub use blobs::BlobCollectors;
+pub use cluster::ClusterCollectors;
 pub use listener::ListenerCollectors;
 
 use prometheus::{

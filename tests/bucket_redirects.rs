@@ -185,7 +185,10 @@ async fn warm_blobs_go_from_the_bucket_and_everything_else_as_before() {
     assert!(w.tap.with_authorization().is_empty());
     assert_eq!((redirected(&a).await, streamed(&a).await), (2.0, 3.0));
     let bytes = a
-        .metric("pullthrough_blob_answer_bytes_total", &[("via", "redirect")])
+        .metric(
+            "pullthrough_blob_answer_bytes_total",
+            &[("via", "redirect")],
+        )
         .await;
     assert_eq!(bytes, (layer.len() + 1000) as f64);
     // The status page's share of blob bytes the bucket sent.
@@ -197,8 +200,16 @@ async fn warm_blobs_go_from_the_bucket_and_everything_else_as_before() {
         .unwrap();
     let sent = &status["blob_bytes"];
     assert_eq!(sent["redirected"], layer.len() as u64 + 1000);
-    assert_eq!(sent["streamed"], layer.len() as u64 + 2 * small.len() as u64);
-    let page = reqwest::get(format!("{}/ui", a.url)).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        sent["streamed"],
+        layer.len() as u64 + 2 * small.len() as u64
+    );
+    let page = reqwest::get(format!("{}/ui", a.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains(r#"id="bucket-share""#), "{page}");
 
     // Another replica, its disk empty, sends the node to the bucket too,

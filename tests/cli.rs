@@ -280,7 +280,10 @@ async fn doctor_fetches_a_presigned_url_as_nodes_will_when_redirects_are_on() {
     let (ok, out) = run(command).await;
     assert!(ok, "{out}");
     let (text, _) = line(&out, "s3", "redirect");
-    assert!(text.starts_with('✓') && text.contains("127.0.0.2"), "{text}");
+    assert!(
+        text.starts_with('✓') && text.contains("127.0.0.2"),
+        "{text}"
+    );
     let gets = tap.gets();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert!(gets[0].contains("team/doctor/") && gets[0].contains("X-Amz-Signature="));
@@ -294,7 +297,10 @@ async fn doctor_fetches_a_presigned_url_as_nodes_will_when_redirects_are_on() {
     let (ok, out) = run(command).await;
     assert!(!ok, "{out}");
     let (text, hint) = line(&out, "s3", "redirect");
-    assert!(text.starts_with('✗') && text.contains("presigned GET"), "{text}");
+    assert!(
+        text.starts_with('✗') && text.contains("presigned GET"),
+        "{text}"
+    );
     assert!(hint.contains("s3.public_endpoint"), "{hint}");
     assert!(line(&out, "s3", "access").0.starts_with('✓'), "{out}");
 }

@@ -96,5 +96,8 @@ fn the_bucket_policy_for_redirects_denies_cache_reads_from_outside_the_vpc_endpo
     assert_eq!(deny["Action"], "s3:GetObject");
     assert_eq!(deny["Resource"].as_str(), Some(objects.as_str()));
     let vpce = &deny["Condition"]["StringNotEquals"]["aws:SourceVpce"];
-    assert!(vpce.as_str().is_some_and(|v| v.starts_with("vpce-")), "{deny}");
+    assert!(
+        vpce.as_str().is_some_and(|v| v.starts_with("vpce-")),
+        "{deny}"
+    );
 }

@@ -7,8 +7,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::range::{self, ByteRange};
 use super::{ApiError, AppState, resolve};
-use crate::digest::Digest;
 use crate::cache::Redirect;
+use crate::digest::Digest;
 use crate::metrics::BlobCollectors;
 use crate::registry::{BlobBody, BlobReply, BlobWant, Caller};
 
@@ -26,7 +26,9 @@ pub async fn serve(
     let digest: Digest = digest
         .parse()
         .map_err(|e| ApiError::blob_reference(crate::reference::ReferenceError::from(e)))?;
-    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
     let want = if head {
         BlobWant::Head
     } else if state

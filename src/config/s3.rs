@@ -167,8 +167,14 @@ mod tests {
                 ("redirect_expiry = \"10s\"", "s3.redirect_expiry"),
                 ("redirect_expiry = \"8days\"", "s3.redirect_expiry"),
                 ("public_endpoint = \"s3.internal\"", "s3.public_endpoint"),
-                ("no_redirect_user_agents = [\"\"]", "s3.no_redirect_user_agents"),
-                ("no_redirect_repositories = [\"a/[\"]", "s3.no_redirect_repositories"),
+                (
+                    "no_redirect_user_agents = [\"\"]",
+                    "s3.no_redirect_user_agents",
+                ),
+                (
+                    "no_redirect_repositories = [\"a/[\"]",
+                    "s3.no_redirect_repositories",
+                ),
             ],
         );
     }

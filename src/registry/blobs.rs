@@ -9,8 +9,7 @@ use futures_util::TryStreamExt;
 use super::splice::{Rest, spliced};
 use super::{Caller, Outcome, Registry, RegistryError, Scope};
 use crate::cache::{
-    Content, Flight, FlightError, ObjectKey, Origin, Redirect, S3Tier, Seated, Source,
-    SourceError,
+    Content, Flight, FlightError, ObjectKey, Origin, Redirect, S3Tier, Seated, Source, SourceError,
 };
 use crate::cluster::{Cluster, OwnerKey, Peer, PeerError};
 use crate::digest::Digest;

@@ -18,7 +18,9 @@ mod table;
 pub use board::{Board, ErrorEntry, Sample};
 pub use hot::{HotImages, image_name};
 pub use page::render_page;
-pub use snapshot::{BlobBytes, CacheTier, Downloads, HotImage, Pulls, Requests, Snapshot, UpstreamStatus};
+pub use snapshot::{
+    BlobBytes, CacheTier, Downloads, HotImage, Pulls, Requests, Snapshot, UpstreamStatus,
+};
 pub use table::write_table;
 
 /// Seconds since the Unix epoch.

@@ -86,7 +86,11 @@ impl S3Tier {
             None => return Err(probe.failed(CALL, None, "s3.redirect is off")),
         };
         let url = signed.ok_or_else(|| {
-            probe.failed(CALL, None, "no credentials with a minute left to sign a URL with")
+            probe.failed(
+                CALL,
+                None,
+                "no credentials with a minute left to sign a URL with",
+            )
         })?;
         let host = reqwest::Url::parse(&url)
             .ok()
@@ -132,7 +136,12 @@ struct Probe {
 }
 
 impl Probe {
-    fn failed(&self, call: &'static str, status: Option<u16>, message: impl std::fmt::Display) -> ProbeFailure {
+    fn failed(
+        &self,
+        call: &'static str,
+        status: Option<u16>,
+        message: impl std::fmt::Display,
+    ) -> ProbeFailure {
         ProbeFailure {
             call,
             key: self.key.clone(),

@@ -67,12 +67,21 @@ struct KnownFor;
 
 impl KnownFor {
     fn life(held: &Option<u64>) -> Option<Duration> {
-        Some(if held.is_some() { PRESENT_FOR } else { ABSENT_FOR })
+        Some(if held.is_some() {
+            PRESENT_FOR
+        } else {
+            ABSENT_FOR
+        })
     }
 }
 
 impl Expiry<ObjectKey, Option<u64>> for KnownFor {
-    fn expire_after_create(&self, _: &ObjectKey, held: &Option<u64>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &ObjectKey,
+        held: &Option<u64>,
+        _: Instant,
+    ) -> Option<Duration> {
         KnownFor::life(held)
     }
 
@@ -111,7 +120,9 @@ impl Redirects {
             refreshed_at_ms: AtomicU64::new(0),
         };
         if signer.provider.is_none() {
-            tracing::warn!("s3.redirect is on but no AWS credentials are configured to sign URLs with: blobs are streamed");
+            tracing::warn!(
+                "s3.redirect is on but no AWS credentials are configured to sign URLs with: blobs are streamed"
+            );
         }
         signer.refresh().await;
         Some(Redirects {
@@ -267,7 +278,9 @@ impl Signer {
         };
         self.refreshed_at_ms.store(now_ms(), Ordering::Relaxed);
         match provider.provide_credentials().await {
-            Ok(credentials) => self.current.store(Some(Arc::new(self.snapshot(credentials)))),
+            Ok(credentials) => self
+                .current
+                .store(Some(Arc::new(self.snapshot(credentials)))),
             Err(e) => {
                 tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not get credentials to presign blob URLs with")
             }

@@ -84,7 +84,9 @@ async fn redirect_check(tier: &S3Tier, probe: &str) -> Check {
         Ok(host) => Check::pass(
             "s3",
             "redirect",
-            format!("a presigned URL for {host} fetched from here without credentials; nodes must reach {host} too"),
+            format!(
+                "a presigned URL for {host} fetched from here without credentials; nodes must reach {host} too"
+            ),
         ),
         Err(e) => Check::fail(
             "s3",
