@@ -120,6 +120,21 @@ fn blob_response(
     response
 }
 
+/// Marks a redirect to the mirror's own bucket (not a registry's to its
+/// CDN), for `pullthrough warm`.
+const BUCKET_REDIRECT: &str = "pullthrough-redirect";
+
+/// Whether a redirect answer to a GET of blob `digest` sends the client to
+/// the mirror's bucket, which then holds the blob.
+pub fn is_bucket_redirect(headers: &HeaderMap, digest: &str) -> bool {
+    headers
+        .get(BUCKET_REDIRECT)
+        .is_some_and(|v| v.as_bytes() == b"bucket")
+        && headers
+            .get("docker-content-digest")
+            .is_some_and(|d| d.as_bytes() == digest.as_bytes())
+}
+
 /// A `307` to the bucket's presigned URL: the client sends its request,
 /// `Range` included, there; the URL expires, so the answer is not cached.
 fn redirected(redirect: &Redirect, digest: &Digest, outcome: crate::registry::Outcome) -> Response {
@@ -135,6 +150,7 @@ fn redirected(redirect: &Redirect, digest: &Digest, outcome: crate::registry::Ou
         }
     };
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(BUCKET_REDIRECT, HeaderValue::from_static("bucket"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
         headers.insert("docker-content-digest", v);

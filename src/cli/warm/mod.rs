@@ -49,6 +49,9 @@ struct BlobJob {
 pub struct Warmer {
     mirror: String,
     client: reqwest::Client,
+    /// The same, but stopping at redirects: a blob GET the mirror answers
+    /// with a redirect to its bucket is warm already.
+    not_following: reqwest::Client,
     platforms: Platforms,
 }
 
@@ -72,17 +75,21 @@ fn oci_message(status: reqwest::StatusCode, body: &str) -> String {
 impl Warmer {
     /// A warmer for the mirror at `mirror` pulling `platforms`.
     pub fn new(mirror: &str, platforms: Platforms) -> Result<Warmer, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("pullthrough-warm/", env!("CARGO_PKG_VERSION")))
-            // A redirect to the bucket says the blob is warm there already.
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .user_agent(concat!("pullthrough-warm/", env!("CARGO_PKG_VERSION")))
+        };
+        let client = builder().build().map_err(|e| e.to_string())?;
+        let not_following = builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Warmer {
             mirror: mirror.trim_end_matches('/').to_owned(),
             client,
+            not_following,
             platforms,
         })
     }
@@ -177,24 +184,21 @@ impl Warmer {
     async fn blob(&self, job: &BlobJob, bar: &ProgressBar) -> Result<u64, String> {
         let fail = |why: String| format!("{}: blob {}: {why}", job.image.full(), job.digest);
         let expected = Digest::from_str(&job.digest).map_err(|e| fail(e.to_string()))?;
-        let response = self
-            .client
-            .get(job.image.blob_url(&self.mirror, &job.digest))
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::TEMPORARY_REDIRECT
-            && response
-                .headers()
-                .get("docker-content-digest")
-                .is_some_and(|d| d.as_bytes() == job.digest.as_bytes())
-        {
-            // Sent to the bucket (`s3.redirect`): it holds the blob, which a
-            // replica verified before uploading; nothing to fetch.
-            bar.inc(job.size);
-            return Ok(job.size);
+        let url = job.image.blob_url(&self.mirror, &job.digest);
+        let first = self.not_following.get(&url).send().await;
+        let mut response = first.map_err(|e| fail(e.to_string()))?;
+        if response.status().is_redirection() {
+            if crate::api::is_bucket_redirect(response.headers(), &job.digest) {
+                // Sent to the mirror's bucket (`s3.redirect`): it holds the
+                // blob, which a replica verified before uploading.
+                bar.inc(job.size);
+                return Ok(job.size);
+            }
+            // A registry's own redirect (to its CDN): followed as usual.
+            let again = self.client.get(&url).send().await;
+            response = again.map_err(|e| fail(e.to_string()))?;
         }
+        let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             return Err(fail(oci_message(status, &body)));
