@@ -60,6 +60,8 @@ pub struct Redirects {
     min_size: u64,
     /// What the bucket holds, by blob: its size, or `None` for absent.
     known: Cache<ObjectKey, Option<u64>>,
+    /// URLs signed for blobs, while they may be handed out.
+    signed: Cache<ObjectKey, Signed>,
 }
 
 /// How long a HEAD's answer is kept: longer when present.
@@ -132,6 +134,10 @@ impl Redirects {
                 .max_capacity(KNOWN_CAPACITY)
                 .expire_after(KnownFor)
                 .build(),
+            signed: Cache::builder()
+                .max_capacity(KNOWN_CAPACITY)
+                .expire_after(ReuseFor)
+                .build(),
         })
     }
 
@@ -158,12 +164,47 @@ impl Redirects {
     /// Forgets what was known of `key` (it was found damaged and deleted).
     pub async fn forget(&self, key: &ObjectKey) {
         self.known.invalidate(key).await;
+        self.signed.invalidate(key).await;
     }
 
-    /// A presigned GET URL for `object_key`, or `None` when none with
+    /// A fresh presigned GET URL for `object_key`, or `None` when none with
     /// [`MIN_LIFE`] left can be made now.
     pub async fn sign(&self, object_key: &str) -> Option<String> {
-        self.signer.sign(object_key).await
+        self.signer.sign(object_key).await.map(|(url, _)| url)
+    }
+
+    /// A presigned GET URL for blob `key` (at `object_key`): one signed
+    /// before while it has [`MIN_LIFE`] left, so a rollout's thousands of
+    /// GETs of one layer cost one signature; else a fresh one.
+    pub async fn url_for(&self, key: &ObjectKey, object_key: &str) -> Option<String> {
+        let signed = self
+            .signed
+            .optionally_get_with_by_ref(key, async {
+                let (url, life) = self.signer.sign(object_key).await?;
+                Some(Signed {
+                    url,
+                    reuse_for: life.saturating_sub(MIN_LIFE),
+                })
+            })
+            .await?;
+        Some(signed.url)
+    }
+}
+
+/// A URL signed for a blob, handed out again while it has time left.
+#[derive(Clone)]
+struct Signed {
+    url: String,
+    /// Its life less [`MIN_LIFE`].
+    reuse_for: Duration,
+}
+
+/// Keeps a signed URL as long as it may be handed out.
+struct ReuseFor;
+
+impl Expiry<ObjectKey, Signed> for ReuseFor {
+    fn expire_after_create(&self, _: &ObjectKey, signed: &Signed, _: Instant) -> Option<Duration> {
+        Some(signed.reuse_for)
     }
 }
 
@@ -188,7 +229,7 @@ impl S3Tier {
         if !redirects.worth(held) || size.is_some_and(|s| s != held) {
             return None;
         }
-        let url = redirects.sign(&self.object_key(key)).await?;
+        let url = redirects.url_for(key, &self.object_key(key)).await?;
         Some(Redirect { url, size: held })
     }
 
@@ -232,7 +273,8 @@ impl Snapshot {
 }
 
 impl Signer {
-    async fn sign(&self, object_key: &str) -> Option<String> {
+    /// A fresh URL and how long it is valid.
+    async fn sign(&self, object_key: &str) -> Option<(String, Duration)> {
         let mut snapshot = self.current.load_full();
         let short = |s: &Option<Arc<Snapshot>>| {
             s.as_ref()
@@ -259,7 +301,7 @@ impl Signer {
             .presigned(config)
             .await;
         match signed {
-            Ok(request) => Some(request.uri().to_owned()),
+            Ok(request) => Some((request.uri().to_owned(), life)),
             Err(e) => {
                 tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not presign a blob URL; streaming it");
                 None
