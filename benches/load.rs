@@ -4,9 +4,10 @@
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
 //! each wrk run; default 5, which makes the whole bench about 2 to 2.5
 //! minutes, the S3 rows included, plus a minute or two for the rollout and
-//! about a minute for the fleet rollout).
-//! `BENCH_ONLY=http`, `s3`, `rollout` or `fleet` runs only that section; the
-//! rollout and the fleet rollout need none of the programs below.
+//! about a minute for the fleet rollout, and one to two for the redirects).
+//! `BENCH_ONLY=http`, `s3`, `rollout`, `fleet` or `redirect` runs only that
+//! section; the rollout and the fleet rollout need none of the programs
+//! below, the redirects need `s3s-fs` and `curl`.
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -42,6 +43,13 @@
 //! send the layer once to each replica that does not own it, with each
 //! replica's memory, threads and warm latency as above (see
 //! `load/fleet.rs`).
+//! Then redirects to the bucket: 200 concurrent `curl` clients at idle
+//! priority pull one warm 200 MB blob from a replica that streams it from
+//! its disk, then from one (`--s3-redirect`) that answers 307 to a
+//! presigned s3s-fs URL: the replica's CPU time and bytes written per
+//! pull in each mode (target: redirected under 1% of streamed CPU), the
+//! clients' total throughput and the replicas' counters (see
+//! `load/redirect.rs`).
 //!
 //! The figures that matter are the **ratios to nginx**, not the absolute
 //! numbers: wrk, the servers and the simulator share the same (often small,
@@ -64,6 +72,8 @@ mod probe;
 mod procs;
 #[path = "load/procstat.rs"]
 mod procstat;
+#[path = "load/redirect.rs"]
+mod redirect;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/rollout.rs"]
@@ -389,6 +399,7 @@ enum Only {
     S3,
     Rollout,
     Fleet,
+    Redirect,
 }
 
 fn only() -> Result<Only, String> {
@@ -400,9 +411,10 @@ fn only() -> Result<Only, String> {
             "s3" => Ok(Only::S3),
             "rollout" => Ok(Only::Rollout),
             "fleet" => Ok(Only::Fleet),
+            "redirect" => Ok(Only::Redirect),
             _ => Err(format!(
-                "BENCH_ONLY must be `http`, `s3`, `rollout` or `fleet` (or unset for every \
-                 section), not {v:?}"
+                "BENCH_ONLY must be `http`, `s3`, `rollout`, `fleet` or `redirect` (or unset \
+                 for every section), not {v:?}"
             )),
         },
     }
@@ -430,6 +442,9 @@ fn run() -> Result<(), String> {
     }
     if matches!(only, Only::All | Only::Fleet) {
         fleet::run(&rt, &binary)?;
+    }
+    if matches!(only, Only::All | Only::Redirect) {
+        redirect::run(&rt, &binary)?;
     }
     Ok(())
 }

@@ -138,6 +138,11 @@ impl S3Store {
     pub(super) fn log_tail(&self) -> String {
         tail(&self.log, 15)
     }
+
+    /// The s3s-fs process's id (for its CPU time).
+    pub(super) fn pid(&self) -> Option<u32> {
+        self._child.id()
+    }
 }
 
 /// Every object under `prefix` with its size.
@@ -227,7 +232,7 @@ fn timed_direct(
 
 /// Waits until every blob is in the bucket at its full size (replicas
 /// upload after answering the client).
-fn wait_for_bucket(
+pub(super) fn wait_for_bucket(
     rt: &tokio::runtime::Runtime,
     store: &S3Store,
     blobs: &[&(String, Bytes)],
@@ -260,7 +265,7 @@ fn wait_for_bucket(
 
 /// Waits until `server` has every blob in its own data directory (it
 /// stores S3 hits after answering), so the warm pass finds them there.
-fn wait_for_local(server: &Server, blobs: &[&(String, Bytes)]) -> Result<(), String> {
+pub(super) fn wait_for_local(server: &Server, blobs: &[&(String, Bytes)]) -> Result<(), String> {
     let data = server.dir().join("data/cache");
     let deadline = Instant::now() + FETCH_TIMEOUT;
     loop {
