@@ -4,7 +4,7 @@
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
 //! each wrk run; default 5, which makes the whole bench about 2 to 2.5
 //! minutes, the S3 rows included, plus a minute or two for the rollout and
-//! about a minute for the fleet rollout, and one to two for the redirects).
+//! about a minute for the fleet rollout, and about four for the redirects).
 //! `BENCH_ONLY=http`, `s3`, `rollout`, `fleet` or `redirect` runs only that
 //! section; the rollout and the fleet rollout need none of the programs
 //! below, the redirects need `s3s-fs` and `curl`.
