@@ -52,13 +52,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use bytes::Bytes;
 use tempfile::TempDir;
 
 use super::procs::{self, ChildGuard};
 use super::s3tier::{self, BUCKET, S3Store};
-use super::servers::{self, Server};
+use super::servers::Server;
 use super::support::hubsim::HubSim;
 use super::{Fixture, http, procstat};
 
@@ -259,15 +258,7 @@ fn measure(
     let bytes: Bytes = super::support::random_bytes(BLOB, 90);
     let digest = sim.put_blob(bytes.clone());
     let blob = (digest.clone(), bytes);
-    let store = servers::with_retries(|| s3tier::start_store(s3s_fs))?;
-    rt.block_on(store.client().create_bucket().bucket(BUCKET).send())
-        .map_err(|e| {
-            format!(
-                "creating bucket {BUCKET}: {}; s3s-fs log:\n{}",
-                DisplayErrorContext(&e),
-                store.log_tail()
-            )
-        })?;
+    let store = s3tier::start_store_with_bucket(rt, s3s_fs, BUCKET)?;
     let work = tempfile::Builder::new()
         .prefix("bench-redirect-")
         .tempdir()
@@ -415,14 +406,16 @@ fn run_mode(
 ) -> Result<Mode, String> {
     let counters = |server: &Server| -> Result<[u64; 5], String> {
         let text = server.metrics(rt)?;
-        let sum = |name, labels: &[(&str, &str)]| {
-            super::support::metric_sum(&text, name, labels) as u64
-        };
+        let sum =
+            |name, labels: &[(&str, &str)]| super::support::metric_sum(&text, name, labels) as u64;
         Ok([
             sum("pullthrough_blob_answers_total", &[("via", "stream")]),
             sum("pullthrough_blob_answers_total", &[("via", "redirect")]),
             sum("pullthrough_blob_answer_bytes_total", &[("via", "stream")]),
-            sum("pullthrough_blob_answer_bytes_total", &[("via", "redirect")]),
+            sum(
+                "pullthrough_blob_answer_bytes_total",
+                &[("via", "redirect")],
+            ),
             sum("pullthrough_requests_total", &[("outcome", "hit-disk")]),
         ])
     };

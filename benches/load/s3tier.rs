@@ -79,6 +79,24 @@ pub(super) struct S3Store {
     _dir: TempDir,
 }
 
+/// Starts s3s-fs (retrying a port taken meanwhile) with an empty `bucket`.
+pub(super) fn start_store_with_bucket(
+    rt: &tokio::runtime::Runtime,
+    binary: &Path,
+    bucket: &str,
+) -> Result<S3Store, String> {
+    let store = servers::with_retries(|| start_store(binary))?;
+    rt.block_on(store.client().create_bucket().bucket(bucket).send())
+        .map_err(|e| {
+            format!(
+                "creating bucket {bucket}: {}; s3s-fs log:\n{}",
+                DisplayErrorContext(&e),
+                store.log_tail()
+            )
+        })?;
+    Ok(store)
+}
+
 /// Starts s3s-fs on a free port and waits until it accepts connections.
 pub(super) fn start_store(binary: &Path) -> Result<S3Store, String> {
     let dir = tempfile::Builder::new()
@@ -472,15 +490,7 @@ pub fn run(
     nginx: &Server,
     blobs: &Blobs<'_>,
 ) -> Result<S3Result, String> {
-    let store = servers::with_retries(|| start_store(s3s_fs))?;
-    rt.block_on(store.client().create_bucket().bucket(BUCKET).send())
-        .map_err(|e| {
-            format!(
-                "creating bucket {BUCKET}: {}; s3s-fs log:\n{}",
-                DisplayErrorContext(&e),
-                store.log_tail()
-            )
-        })?;
+    let store = start_store_with_bucket(rt, s3s_fs, BUCKET)?;
     let large = [blobs.large];
     let small: Vec<&(String, Bytes)> = blobs.small.iter().collect();
     let all: Vec<&(String, Bytes)> = large.iter().chain(&small).copied().collect();
