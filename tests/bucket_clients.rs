@@ -21,7 +21,7 @@ use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use support::artifact::{EMPTY, OCI_MANIFEST, bundle};
 use support::client::Client;
-use support::daemons::{Containerd, Dockerd, Podman, run_ok};
+use support::daemons::{Containerd, Dockerd, Podman, default_hosts_dir, run_ok};
 use support::docs::{heredoc, snippet};
 use support::hubsim::HubSim;
 use support::image::{Format, Image, image};
@@ -335,13 +335,7 @@ async fn dockerd_follows_the_redirects_through_registry_mirrors() {
 #[tokio::test]
 async fn containerd_follows_the_redirects_through_a_hosts_toml() {
     let w = world().await;
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join("_default")).unwrap();
-    std::fs::write(
-        hosts.path().join("_default/hosts.toml"),
-        snippet(GUIDE, "containerd-hosts", &w.mirror),
-    )
-    .unwrap();
+    let hosts = default_hosts_dir(&snippet(GUIDE, "containerd-hosts", &w.mirror));
     let containerd = Containerd::start().await;
     let reference = format!("docker.io/{IMAGE}:{TAG}");
     let login = format!("{USER}:{PASSWORD}");

@@ -14,7 +14,7 @@ use base64::Engine;
 use pullthrough::config::{Config, ReadRule, Secret};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use support::client::{Answer, Client};
-use support::daemons::{Containerd, Dockerd, Podman, run, run_ok};
+use support::daemons::{Containerd, Dockerd, Podman, default_hosts_dir, run, run_ok};
 use support::docs::{heredoc, snippet};
 use support::hubsim::{HubSim, SimOptions};
 use support::image::{Format, Image, image};
@@ -319,13 +319,7 @@ async fn containerd_pulls_with_user_and_fails_without() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let (proxy, mirror) = guarded(&up, dir.path()).await;
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join("_default")).unwrap();
-    std::fs::write(
-        hosts.path().join("_default/hosts.toml"),
-        snippet("docs/deploy.md", "containerd-hosts", &mirror),
-    )
-    .unwrap();
+    let hosts = default_hosts_dir(&snippet("docs/deploy.md", "containerd-hosts", &mirror));
     let containerd = Containerd::start().await;
     let reference = "docker.io/library/app:v1";
     let refused = run(containerd.pull_command(hosts.path(), reference, &[])).await;

@@ -8,7 +8,7 @@ mod support;
 
 use std::process::Command;
 
-use support::daemons::{Containerd, Dockerd, Podman, run_ok};
+use support::daemons::{Containerd, Dockerd, Podman, default_hosts_dir, run_ok};
 use support::docs::{heredoc, snippet};
 use support::hubsim::HubSim;
 use support::image::{Format, Image, image, index};
@@ -226,13 +226,7 @@ async fn podman_pulls_through_registries_conf_mirrors() {
 #[tokio::test]
 async fn containerd_pulls_through_a_default_hosts_toml_routed_by_ns() {
     let w = world().await;
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join("_default")).unwrap();
-    std::fs::write(
-        hosts.path().join("_default/hosts.toml"),
-        snippet(GUIDE, "containerd-hosts", &w.mirror),
-    )
-    .unwrap();
+    let hosts = default_hosts_dir(&snippet(GUIDE, "containerd-hosts", &w.mirror));
     let containerd = Containerd::start().await;
     containerd
         .pull(hosts.path(), "docker.io/library/nginx:1.27")

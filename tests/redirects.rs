@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pullthrough::config::UpstreamConfig;
 use support::client::Client;
-use support::daemons::{Containerd, run_ok};
+use support::daemons::{Containerd, default_hosts_dir, run_ok};
 use support::docs::snippet;
 use support::hubsim::{HubSim, SimOptions};
 use support::image::{Format, Image, image};
@@ -208,10 +208,7 @@ async fn skopeo_copies_through_the_redirects() {
 #[tokio::test]
 async fn containerd_pulls_through_the_redirects() {
     let k = k8s(LONG).await;
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join("_default")).unwrap();
-    let hosts_toml = snippet("docs/deploy.md", "containerd-hosts", &k.mirror());
-    std::fs::write(hosts.path().join("_default/hosts.toml"), hosts_toml).unwrap();
+    let hosts = default_hosts_dir(&snippet("docs/deploy.md", "containerd-hosts", &k.mirror()));
     let reference = format!("{K8S}/pause:3.9");
 
     let containerd = Containerd::start().await;

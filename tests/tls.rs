@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::daemons::{Containerd, run_ok};
+use support::daemons::{Containerd, default_hosts_dir, run_ok};
 use support::docs::snippet;
 use support::hubsim::HubSim;
 use support::image::{Format, Image, image};
@@ -175,11 +175,9 @@ async fn containerd_pulls_through_tls_with_the_ca_in_hosts_toml() {
     let w = world(&ca, Duration::from_secs(5)).await;
     let ca_file = w.dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join("_default")).unwrap();
     let toml = snippet("README.md", "containerd-hosts-tls", w.host())
         .replace("/etc/pullthrough/ca.pem", ca_file.to_str().unwrap());
-    std::fs::write(hosts.path().join("_default/hosts.toml"), toml).unwrap();
+    let hosts = default_hosts_dir(&toml);
     let containerd = Containerd::start().await;
     containerd
         .pull(hosts.path(), "docker.io/library/app:v1")

@@ -205,6 +205,15 @@ impl Dockerd {
     }
 }
 
+/// A `config_path` directory for `ctr --hosts-dir` whose
+/// `_default/hosts.toml` (every registry's hosts) is `hosts_toml`.
+pub fn default_hosts_dir(hosts_toml: &str) -> tempfile::TempDir {
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir(hosts.path().join("_default")).unwrap();
+    std::fs::write(hosts.path().join("_default/hosts.toml"), hosts_toml).unwrap();
+    hosts
+}
+
 /// containerd from Debian's package, for `ctr`.
 pub struct Containerd {
     pub socket: PathBuf,
