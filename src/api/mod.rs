@@ -32,8 +32,8 @@ use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
-pub use blobs::is_bucket_redirect;
 pub use auth::{AuthError, ClientAuth};
+pub use blobs::is_bucket_redirect;
 pub use error::{ApiError, ErrorNote};
 pub use health::starting_router;
 pub use range::ByteRange;
