@@ -426,14 +426,12 @@ async fn a_store_that_ignores_conditional_writes_keeps_every_object_whole() {
     support::wait_until_async(uploaded).await;
     // Both replicas downloaded the layer at once, and both uploaded it;
     // the last write lands some time after the first.
+    // The store settles (no request in flight, parts included, and none
+    // for 2 s), and the replicas stop: no write of theirs lands while the
+    // fleet reads.
     support::wait_until_async(async || store.bent() >= 2).await;
-    let mut writes = store.bent();
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if std::mem::replace(&mut writes, store.bent()) == writes {
-            break;
-        }
-    }
+    store.settled(Duration::from_secs(2)).await;
+    drop((a, b));
 
     // A fleet on the same store reads everything back, whole: an object
     // concurrent overwrites left damaged (such a store allows it) is
@@ -446,10 +444,12 @@ async fn a_store_that_ignores_conditional_writes_keeps_every_object_whole() {
     let healed = fleet
         .metric("pullthrough_cache_corrupt_total", &[("tier", "s3")])
         .await;
-    assert_eq!(
-        hub.counters().cdn_gets as f64,
-        healed,
-        "only damaged objects were fetched again"
+    // A damaged tag record or manifest (it fails the store's checksum) is
+    // counted too, and costs no blob fetch.
+    let fetched = hub.counters().cdn_gets as f64;
+    assert!(
+        fetched <= healed,
+        "only damaged objects were fetched again: {fetched} blobs, {healed} damaged"
     );
     let whole = async || {
         let keys = s3.keys("garage", "blobs/").await;

@@ -363,41 +363,48 @@ async fn a_corrupted_object_in_the_bucket_fails_verification_and_is_never_kept()
 #[tokio::test]
 async fn a_corrupted_manifest_in_the_bucket_is_deleted_and_fetched_again_in_the_same_request() {
     let c = cluster("5m").await;
-    let image = c
-        .sim
-        .push_image("library/badmanifest", "1", &[random_bytes(1000, 14)]);
-    Client::new(&c.a.url).pull("badmanifest", "1").await;
-    let key = format!(
-        "{PREFIX}manifests/sha256/{}/{}",
-        &image.manifest_digest[7..9],
-        &image.manifest_digest[7..]
-    );
-    support::wait_until_async(async || c.s3.keys(BUCKET, &key).await.len() == 1).await;
-    // Replaced through the S3 API by bytes that are not the manifest (a
-    // file edited under s3s-fs fails its checksum, which is an outage).
-    let mut bytes = c.s3.get(BUCKET, &key).await.to_vec();
-    bytes[10] ^= 0x20;
-    c.s3.put(BUCKET, &key, bytes.into()).await;
+    // Damaged two ways: replaced through the S3 API by bytes that are not
+    // the manifest, and edited under s3s-fs so that it fails the checksum
+    // the store keeps for it (which is damage, not an outage).
+    for (n, edit_file) in [(1, false), (2, true)] {
+        let repo = format!("library/badmanifest{n}");
+        let image = c.sim.push_image(&repo, "1", &[random_bytes(1000, 14 + n)]);
+        Client::new(&c.a.url).pull(&repo[8..], "1").await;
+        let key = format!(
+            "{PREFIX}manifests/sha256/{}/{}",
+            &image.manifest_digest[7..9],
+            &image.manifest_digest[7..]
+        );
+        support::wait_until_async(async || c.s3.keys(BUCKET, &key).await.len() == 1).await;
+        let mut bytes = c.s3.get(BUCKET, &key).await.to_vec();
+        bytes[10] ^= 0x20;
+        if edit_file {
+            std::fs::write(c.s3.object_file(BUCKET, &key), &bytes).unwrap();
+        } else {
+            c.s3.put(BUCKET, &key, bytes.into()).await;
+        }
 
-    let answer = Client::new(&c.b.url)
-        .manifest("library/badmanifest", &image.manifest_digest)
-        .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(
-        answer.body_digest(),
-        image.manifest_digest,
-        "a good copy, in the same request"
-    );
-    let corrupt =
-        c.b.metric("pullthrough_cache_corrupt_total", &[("tier", "s3")])
+        let answer = Client::new(&c.b.url)
+            .manifest(&repo, &image.manifest_digest)
             .await;
-    assert_eq!(corrupt, 1.0);
-    // Deleted, and replaced by the good copy fetched.
-    let healed = async || {
-        c.s3.keys(BUCKET, &key).await.len() == 1 && c.s3.get(BUCKET, &key).await == image.manifest
-    };
-    support::wait_until_async(healed).await;
-    assert_eq!(c.b.health().await.unwrap()["s3"], "ok");
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.body_digest(),
+            image.manifest_digest,
+            "a good copy, in the same request"
+        );
+        let corrupt =
+            c.b.metric("pullthrough_cache_corrupt_total", &[("tier", "s3")])
+                .await;
+        assert_eq!(corrupt, n as f64);
+        // Deleted, and replaced by the good copy fetched.
+        let healed = async || {
+            c.s3.keys(BUCKET, &key).await.len() == 1
+                && c.s3.get(BUCKET, &key).await == image.manifest
+        };
+        support::wait_until_async(healed).await;
+        assert_eq!(c.b.health().await.unwrap()["s3"], "ok", "not degraded");
+    }
 }
 
 #[tokio::test]

@@ -264,7 +264,8 @@ impl S3Tier {
         format!("{}state/{name}", self.prefix)
     }
 
-    /// Reads a small object whole: `None` when absent or when S3 is down.
+    /// Reads a small object whole: `None` when absent, when S3 is down, or
+    /// when the object fails the store's checksum (it is then deleted).
     pub async fn get_small(&self, key: &str) -> Option<SmallObject> {
         if !self.available() {
             return None;
@@ -285,6 +286,10 @@ impl S3Tier {
                 content_type,
                 etag,
             }),
+            Err(e) if get::fails_checksum(&e) => {
+                self.delete_damaged(key, etag.as_deref()).await;
+                None
+            }
             Err(e) => {
                 tracing::warn!(key, error = %e, "S3 read broke off");
                 self.failed("read");

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -34,7 +35,32 @@ pub struct QuirkyS3 {
     /// `http://127.0.0.1:<port>`, to use as the S3 endpoint.
     pub endpoint: String,
     bent: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
     task: JoinHandle<()>,
+}
+
+/// What the store is doing: requests in flight, and when the last began.
+#[derive(Default)]
+struct Traffic {
+    in_flight: AtomicUsize,
+    last_start: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Counts one request in flight while it lives.
+struct InFlight(Arc<Traffic>);
+
+impl InFlight {
+    fn start(traffic: &Arc<Traffic>) -> InFlight {
+        traffic.in_flight.fetch_add(1, Ordering::SeqCst);
+        *traffic.last_start.lock().unwrap() = Some(Instant::now());
+        InFlight(traffic.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -44,18 +70,21 @@ struct Shared {
     s3: aws_sdk_s3::Client,
     quirk: Quirk,
     bent: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
 }
 
 impl QuirkyS3 {
     /// Starts the proxy in front of `store` on a free loopback port.
     pub async fn start(store: &S3Server, quirk: Quirk) -> QuirkyS3 {
         let bent = Arc::new(AtomicUsize::new(0));
+        let traffic = Arc::new(Traffic::default());
         let shared = Shared {
             upstream: store.endpoint.clone(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             s3: store.client(),
             quirk,
             bent: bent.clone(),
+            traffic: traffic.clone(),
         };
         let app = axum::Router::new().fallback(handle).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -66,6 +95,7 @@ impl QuirkyS3 {
         QuirkyS3 {
             endpoint,
             bent,
+            traffic,
             task,
         }
     }
@@ -74,6 +104,21 @@ impl QuirkyS3 {
     /// writes done without their condition.
     pub fn bent(&self) -> usize {
         self.bent.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight and none has begun for `quiet`:
+    /// every write the clients started has landed (at most 30 s).
+    pub async fn settled(&self, quiet: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let idle = self.traffic.in_flight.load(Ordering::SeqCst) == 0;
+            let last = *self.traffic.last_start.lock().unwrap();
+            if idle && last.is_none_or(|at| at.elapsed() >= quiet) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the store never went quiet");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -95,6 +140,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 async fn handle(State(shared): State<Shared>, request: Request) -> Response {
+    let _in_flight = InFlight::start(&shared.traffic);
     let headers = request.headers();
     match shared.quirk {
         Quirk::IgnoresRange

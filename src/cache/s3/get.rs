@@ -125,17 +125,21 @@ impl S3Tier {
     /// wrote meanwhile survives. Counted and logged; the next read misses
     /// and fetches a good copy.
     pub async fn discard_damaged(&self, key: &ObjectKey, etag: Option<&str>) {
-        self.corrupt.inc();
         if let Some(redirects) = &self.redirects {
             redirects.forget(key).await;
         }
-        let object_key = self.object_key(key);
-        tracing::warn!(key = %object_key, "S3 holds an object that does not match its digest: deleting it");
+        self.delete_damaged(&self.object_key(key), etag).await;
+    }
+
+    /// As [`S3Tier::discard_damaged`], for the object at `object_key`.
+    pub(super) async fn delete_damaged(&self, object_key: &str, etag: Option<&str>) {
+        self.corrupt.inc();
+        tracing::warn!(key = %object_key, "S3 holds a damaged object (it fails its digest or the store's checksum): deleting it");
         let mut delete = self
             .client
             .delete_object()
             .bucket(&self.bucket)
-            .key(&object_key);
+            .key(object_key);
         if let Some(etag) = etag {
             delete = delete.if_match(etag);
         }
@@ -206,6 +210,20 @@ impl S3Tier {
             etag,
         }
     }
+}
+
+/// Whether a read broke off because the bytes fail the checksum the store
+/// keeps for the object: the object is damaged (overwritten halfway, or
+/// rotten), not the store down.
+pub(super) fn fails_checksum(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<aws_smithy_checksums::body::validate::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Marks the tier degraded and turns a read failure into a source error.
