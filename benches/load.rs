@@ -2,12 +2,15 @@
 //! files, and how many upstream fetches a burst of cold pulls costs.
 //!
 //! Run with `cargo bench --bench load` (`BENCH_SECONDS=N` sets the length of
-//! each wrk run; default 5, which makes the whole bench about 2 to 2.5
-//! minutes, the S3 rows included, plus a minute or two for the rollout and
-//! about a minute for the fleet rollout, and about four for the redirects).
-//! `BENCH_ONLY=http`, `s3`, `rollout`, `fleet` or `redirect` runs only that
-//! section; the rollout and the fleet rollout need none of the programs
-//! below, the redirects need `s3s-fs` and `curl`.
+//! each wrk run, default 3; `BENCH_ROUNDS=N` the rounds of the wrk table
+//! and the fresh replicas of the cold pull, default 3, every figure the
+//! median of the rounds; `BENCH_BINARY=path` measures another build of
+//! pullthrough, for a before and after). The wrk table, the cold pull and
+//! coalescing take about two and a half minutes, the S3 rows about one
+//! more, the rollout a minute or two, the fleet rollout about one and the
+//! redirects about four. `BENCH_ONLY=http`, `s3`, `rollout`, `fleet` or
+//! `redirect` runs only that section; the rollout and the fleet rollout
+//! need none of the programs below, the redirects need `s3s-fs` and `curl`.
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -24,9 +27,11 @@
 //! * **distribution** (if installed) runs in proxy mode in front of the
 //!   same simulator: the mirror most people would otherwise deploy.
 //!
-//! Measured with wrk, one server after the other, same load and duration:
-//! warm manifest-by-tag GETs (with dockerd's Accept types) and warm 100 KiB
-//! blob GETs in requests/s, and a warm 200 MB blob in bytes/s. Then 8
+//! Measured with wrk, one server after the other, same load and duration,
+//! in rounds: warm manifest GETs by tag (with dockerd's Accept types) and by
+//! digest and warm 100 KiB blob GETs in requests/s and in the server's CPU
+//! time per request, and a warm 200 MB blob in bytes/s. Then the cold pull
+//! (see `load/cold.rs`) and the goals of issue #20 side by side. Then 8
 //! concurrent cold GETs of an uncached 100 MB blob count the upstream
 //! fetches (target: 1) and check every client's bytes. Next, with s3s-fs,
 //! fresh replicas sharing a bucket serve the 200 MB blob and many 100 KiB
@@ -62,6 +67,8 @@
 mod ceiling;
 #[path = "load/coalesce.rs"]
 mod coalesce;
+#[path = "load/cold.rs"]
+mod cold;
 #[path = "load/fleet.rs"]
 mod fleet;
 #[path = "load/http.rs"]
@@ -95,7 +102,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use report::{Measured, Row};
+use report::{Goal, Measured, Row};
 use servers::{Server, StaticFile};
 use support::hubsim::{DOCKER_MANIFEST_V2, HubSim};
 
@@ -181,15 +188,24 @@ fn find_tools() -> Result<Tools, String> {
     }
 }
 
-/// Seconds per wrk run: `BENCH_SECONDS`, default 5.
+/// Seconds per wrk run: `BENCH_SECONDS`, default 3.
 fn bench_seconds() -> Result<u64, String> {
-    match std::env::var("BENCH_SECONDS") {
-        Err(_) => Ok(5),
+    whole_number("BENCH_SECONDS", 3)
+}
+
+/// Rounds of the wrk table and fresh replicas of the cold pull:
+/// `BENCH_ROUNDS`, default 3; every figure is the median of the rounds.
+fn bench_rounds() -> Result<usize, String> {
+    whole_number("BENCH_ROUNDS", 3).map(|n| n as usize)
+}
+
+/// The whole number >= 1 in the environment variable `name`, or `default`.
+fn whole_number(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
         Ok(v) => match v.trim().parse::<u64>() {
             Ok(n) if n >= 1 => Ok(n),
-            _ => Err(format!(
-                "BENCH_SECONDS must be a whole number of seconds >= 1, not {v:?}"
-            )),
+            _ => Err(format!("{name} must be a whole number >= 1, not {v:?}")),
         },
     }
 }
@@ -211,6 +227,10 @@ struct Fixture {
 impl Fixture {
     fn manifest_path() -> String {
         format!("/v2/{REPO}/manifests/{TAG}")
+    }
+
+    fn manifest_digest_path(digest: &str) -> String {
+        format!("/v2/{REPO}/manifests/{digest}")
     }
 
     fn blob_path(digest: &str) -> String {
@@ -295,7 +315,7 @@ struct Scenario {
     path: String,
     load: wrk::Load,
     bytes: bool,
-    target: f64,
+    goal: Goal,
 }
 
 fn scenarios(fx: &Fixture, seconds: u64) -> Vec<Scenario> {
@@ -313,39 +333,54 @@ fn scenarios(fx: &Fixture, seconds: u64) -> Vec<Scenario> {
             path: Fixture::manifest_path(),
             load: load(32, 5, &[&accept]),
             bytes: false,
-            target: 0.50,
+            goal: Goal::CpuAtMost(1.5),
+        },
+        Scenario {
+            label: "manifest by digest",
+            path: Fixture::manifest_digest_path(&fx.manifest_digest),
+            load: load(32, 5, &[&accept]),
+            bytes: false,
+            goal: Goal::None,
         },
         Scenario {
             label: "100 KiB blob",
             path: Fixture::blob_path(&fx.small.0),
             load: load(32, 5, &[]),
             bytes: false,
-            target: 0.50,
+            goal: Goal::CpuAtMost(1.0),
         },
         Scenario {
             label: "200 MB blob",
             path: Fixture::blob_path(&fx.large.0),
             load: load(4, 60, &[]),
             bytes: true,
-            target: 0.90,
+            goal: Goal::ThroughputAtLeast(1.0),
         },
     ]
 }
 
 /// Runs wrk for `scenario` against `server` (after an unreported 1 s
-/// warm-up run), recording the upstream requests the simulator sees
+/// warm-up run when `warm_up`), recording the upstream requests the simulator sees
 /// meanwhile, including stragglers the server still sends after wrk stopped
 /// (so they are not blamed on the next run).
-fn measure(tools: &Tools, sim: &HubSim, scenario: &Scenario, server: &Server) -> Measured {
+fn measure(
+    tools: &Tools,
+    sim: &HubSim,
+    scenario: &Scenario,
+    server: &Server,
+    warm_up: bool,
+) -> Measured {
     let url = format!("{}{}", server.url, scenario.path);
     let output = server
         .dir()
         .join(format!("wrk-{}.txt", scenario.label.replace(' ', "-")));
-    let warm_up = wrk::Load {
-        seconds: 1,
-        ..scenario.load.clone()
-    };
-    let _ = wrk::run(&tools.wrk, &url, &warm_up, &output);
+    if warm_up {
+        let load = wrk::Load {
+            seconds: 1,
+            ..scenario.load.clone()
+        };
+        let _ = wrk::run(&tools.wrk, &url, &load, &output);
+    }
     settle(sim);
     let seen = sim.requests().len();
     let cpu = || server.pid().and_then(procstat::cpu_ticks);
@@ -362,13 +397,13 @@ fn measure(tools: &Tools, sim: &HubSim, scenario: &Scenario, server: &Server) ->
     let upstream: Vec<String> = sim.requests().into_iter().skip(seen).collect();
     match &run {
         Ok(r) => println!(
-            "  {:<16} {:<13} {:>10.0} r/s {:>9.1} MB/s",
+            "  {:<18} {:<13} {:>10.0} r/s {:>9.1} MB/s",
             scenario.label,
             server.name,
             r.requests_per_sec,
             r.bytes_per_sec / 1e6
         ),
-        Err(e) => println!("  {:<16} {:<13} failed: {e}", scenario.label, server.name),
+        Err(e) => println!("  {:<18} {:<13} failed: {e}", scenario.label, server.name),
     }
     Measured {
         run,
@@ -423,6 +458,7 @@ fn only() -> Result<Only, String> {
 fn run() -> Result<(), String> {
     let only = only()?;
     let seconds = bench_seconds()?;
+    let rounds = bench_rounds()?;
     procs::raise_open_files_limit()?;
     let binary = procs::pullthrough_binary()?;
     // The simulator only does real work on cold misses: one worker thread.
@@ -434,7 +470,7 @@ fn run() -> Result<(), String> {
     procs::handle_signals(&rt);
     println!("pullthrough: {}", binary.display());
     if matches!(only, Only::All | Only::Http | Only::S3) {
-        nginx_rows(&rt, &binary, only, seconds)?;
+        nginx_rows(&rt, &binary, only, seconds, rounds)?;
     }
     if matches!(only, Only::All | Only::Rollout) {
         // Only pullthrough takes part; the other servers are stopped.
@@ -456,6 +492,7 @@ fn nginx_rows(
     binary: &std::path::Path,
     only: Only,
     seconds: u64,
+    rounds: usize,
 ) -> Result<(), String> {
     let tools = find_tools()?;
     let s3s_fs = s3tier::find_s3s_fs();
@@ -470,6 +507,10 @@ fn nginx_rows(
     let mut files = vec![
         StaticFile {
             path: Fixture::manifest_path(),
+            bytes: &fx.manifest,
+        },
+        StaticFile {
+            path: Fixture::manifest_digest_path(&fx.manifest_digest),
             bytes: &fx.manifest,
         },
         StaticFile {
@@ -491,7 +532,7 @@ fn nginx_rows(
     })?;
     warm(rt, &nginx, &fx)?;
     if matches!(only, Only::All | Only::Http) {
-        http_rows(rt, &tools, &sim, &fx, &nginx, binary, seconds)?;
+        http_rows(rt, &tools, &sim, &fx, &nginx, binary, (seconds, rounds))?;
     }
     if only == Only::Http {
         return Ok(());
@@ -516,8 +557,8 @@ fn nginx_rows(
     Ok(())
 }
 
-/// The wrk table (pullthrough, nginx and distribution warm) and the
-/// coalescing rows.
+/// The wrk table (pullthrough, nginx and distribution warm), the cold
+/// pull against a direct fetch, the goals, and the coalescing rows.
 fn http_rows(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
@@ -525,7 +566,7 @@ fn http_rows(
     fx: &Fixture,
     nginx: &Server,
     binary: &std::path::Path,
-    seconds: u64,
+    (seconds, rounds): (u64, usize),
 ) -> Result<(), String> {
     let pullthrough =
         servers::with_retries(|| servers::start_pullthrough(rt, binary, &sim.registry_url))?;
@@ -540,26 +581,56 @@ fn http_rows(
     });
 
     println!(
-        "\nwrk -t2, {seconds} s each after 1 s of warm-up (32 connections; 4 for the 200 MB blob):"
+        "\nwrk -t2, {seconds} s each (after 1 s of warm-up in the first round), {rounds} rounds \
+         (32 connections; 4 for the 200 MB blob; distribution in the first round only):"
     );
-    let mut rows = Vec::new();
-    for scenario in scenarios(fx, seconds) {
-        let pullthrough = measure(tools, sim, &scenario, &pullthrough);
-        let nginx = measure(tools, sim, &scenario, nginx);
-        let distribution = distribution
-            .as_ref()
-            .map(|server| measure(tools, sim, &scenario, server));
-        procs::check_interrupted()?;
-        rows.push(Row {
+    let scenarios = scenarios(fx, seconds);
+    let mut rows: Vec<Row> = scenarios
+        .iter()
+        .map(|scenario| Row {
             label: scenario.label,
             bytes: scenario.bytes,
-            target: scenario.target,
-            pullthrough,
-            nginx,
-            distribution,
-        });
+            goal: scenario.goal,
+            pullthrough: Vec::new(),
+            nginx: Vec::new(),
+            distribution: Vec::new(),
+        })
+        .collect();
+    for round in 0..rounds {
+        let first = round == 0;
+        for (scenario, row) in scenarios.iter().zip(&mut rows) {
+            // Which server goes first alternates, so neither always
+            // inherits the other's leftovers (page cache, TIME_WAIT).
+            if round % 2 == 0 {
+                row.pullthrough
+                    .push(measure(tools, sim, scenario, &pullthrough, first));
+                row.nginx.push(measure(tools, sim, scenario, nginx, first));
+            } else {
+                row.nginx.push(measure(tools, sim, scenario, nginx, first));
+                row.pullthrough
+                    .push(measure(tools, sim, scenario, &pullthrough, first));
+            }
+            if let Some(server) = distribution.as_ref().filter(|_| first) {
+                row.distribution
+                    .push(measure(tools, sim, scenario, server, true));
+            }
+            procs::check_interrupted()?;
+        }
     }
-    report::print(&rows);
+    report::print(&rows, rounds);
+
+    println!(
+        "\ncold: a fresh replica (token fetched) pulls the {} MB blob, against the same client fetching it \
+         from the simulator's CDN directly, {rounds} replicas:",
+        LARGE_BLOB / 1_000_000
+    );
+    let cold = cold::run(rt, binary, sim, &fx.small.0, &fx.large, rounds);
+    procs::check_interrupted()?;
+    cold::print(&cold);
+
+    println!("\ngoals (issue #20; medians; reported, never enforced: shared machines are noisy):");
+    report::print_goals(&rows);
+    cold::print_goals(&cold);
 
     println!(
         "\ncoalescing: {COLD_CLIENTS} concurrent cold GETs of an uncached {} MB blob (target: 1 upstream fetch)",

@@ -60,12 +60,19 @@ pub fn tail(path: &Path, lines: usize) -> String {
     }
 }
 
-/// The release `pullthrough` binary. `cargo bench` builds it alongside the
+/// The release `pullthrough` binary: `BENCH_BINARY` when set; else `cargo bench` builds it alongside the
 /// bench (and says where in `CARGO_BIN_EXE_pullthrough`); failing that it
 /// is looked for next to the bench executable
 /// (`target/release/deps/load-<hash>` → `target/release/pullthrough`) and,
 /// if missing, built with `cargo build --release --bin pullthrough`.
 pub fn pullthrough_binary() -> Result<PathBuf, String> {
+    // Another build to measure with this very bench (a before and after).
+    if let Some(path) = std::env::var_os("BENCH_BINARY").map(PathBuf::from) {
+        return match path.is_file() {
+            true => Ok(path),
+            false => Err(format!("BENCH_BINARY: {} is not a file", path.display())),
+        };
+    }
     if let Some(path) = option_env!("CARGO_BIN_EXE_pullthrough").map(PathBuf::from)
         && path.is_file()
     {

@@ -1,9 +1,9 @@
-//! Printing: the side-by-side table, the targets, and notes on anything that
-//! makes a figure doubtful.
+//! Printing: the side-by-side table, the goals, and notes on anything that
+//! makes a figure doubtful. Every figure is the median of the rounds run.
 
 use super::wrk::WrkRun;
 
-/// One server's result for one endpoint.
+/// One server's result for one endpoint in one round.
 pub struct Measured {
     pub run: Result<WrkRun, String>,
     /// CPU time the server used per answered request, in microseconds
@@ -15,17 +15,39 @@ pub struct Measured {
     pub upstream: Vec<String>,
 }
 
-/// One endpoint on every server.
+/// What a row is held to (issue #20), pullthrough against nginx.
+#[derive(Clone, Copy)]
+pub enum Goal {
+    /// CPU per request at most this many times nginx's.
+    CpuAtMost(f64),
+    /// Throughput at least this many times nginx's.
+    ThroughputAtLeast(f64),
+    /// Reported only.
+    None,
+}
+
+/// One endpoint on every server, one [`Measured`] per round.
 pub struct Row {
     pub label: &'static str,
     /// Report bytes/s rather than requests/s.
     pub bytes: bool,
-    /// The pullthrough/nginx ratio aimed for.
-    pub target: f64,
-    pub pullthrough: Measured,
-    pub nginx: Measured,
-    /// `None` when distribution is not running.
-    pub distribution: Option<Measured>,
+    pub goal: Goal,
+    pub pullthrough: Vec<Measured>,
+    pub nginx: Vec<Measured>,
+    /// Empty when distribution is not running.
+    pub distribution: Vec<Measured>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 impl Row {
@@ -38,22 +60,50 @@ impl Row {
         })
     }
 
-    fn show(&self, m: Option<&Measured>) -> String {
-        match m {
-            None => "skipped".to_owned(),
-            Some(m) => match self.value(m) {
-                None => "failed".to_owned(),
-                Some(v) if self.bytes => format!("{:.2} GB/s", v / 1e9),
-                Some(v) => format!("{v:.0} r/s"),
-            },
+    /// The median of a server's requests/s (or bytes/s) over the rounds.
+    fn median_value(&self, series: &[Measured]) -> Option<f64> {
+        median(series.iter().filter_map(|m| self.value(m)).collect())
+    }
+
+    fn show(&self, series: &[Measured]) -> String {
+        if series.is_empty() {
+            return "skipped".to_owned();
+        }
+        match self.median_value(series) {
+            None => "failed".to_owned(),
+            Some(v) if self.bytes => format!("{:.2} GB/s", v / 1e9),
+            Some(v) => format!("{v:.0} r/s"),
         }
     }
 
-    fn ratio(&self, m: Option<&Measured>) -> Option<f64> {
-        let value = self.value(m?)?;
-        let ceiling = self.value(&self.nginx)?;
-        (ceiling > 0.0).then(|| value / ceiling)
+    /// The median over the rounds of `series`' value over nginx's in the
+    /// same round (each pair measured back to back).
+    fn ratio(&self, series: &[Measured]) -> Option<f64> {
+        let ratios = series.iter().zip(&self.nginx).filter_map(|(m, n)| {
+            let (value, ceiling) = (self.value(m)?, self.value(n)?);
+            (ceiling > 0.0).then(|| value / ceiling)
+        });
+        median(ratios.collect())
     }
+
+    /// The median over the rounds of pullthrough's CPU per request over
+    /// nginx's in the same round.
+    fn cpu_ratio(&self) -> Option<f64> {
+        let ratios = self
+            .pullthrough
+            .iter()
+            .zip(&self.nginx)
+            .filter_map(|(p, n)| {
+                let (p, n) = (p.cpu_us_per_request?, n.cpu_us_per_request?);
+                (n > 0.0).then(|| p / n)
+            });
+        median(ratios.collect())
+    }
+}
+
+/// The median CPU per request of a server over the rounds.
+fn median_cpu(series: &[Measured]) -> Option<f64> {
+    median(series.iter().filter_map(|m| m.cpu_us_per_request).collect())
 }
 
 /// A ratio with two significant digits for small values (0.0021x).
@@ -66,72 +116,52 @@ fn show_ratio(ratio: Option<f64>) -> String {
     }
 }
 
-/// Prints the table, the targets, latencies and any doubts.
-pub fn print(rows: &[Row]) {
+/// Prints the table, the goals, CPU per request, latencies and any doubts.
+pub fn print(rows: &[Row], rounds: usize) {
     println!();
+    println!("medians of {rounds} rounds:");
     println!(
         "{:<18} {:>13} {:>13} {:>13} {:>9} {:>11}",
         "endpoint", "pullthrough", "nginx", "distribution", "pt/nginx", "dist/nginx"
     );
     for row in rows {
-        let dist = row.distribution.as_ref();
         println!(
             "{:<18} {:>13} {:>13} {:>13} {:>9} {:>11}",
             row.label,
-            row.show(Some(&row.pullthrough)),
-            row.show(Some(&row.nginx)),
-            row.show(dist),
-            show_ratio(row.ratio(Some(&row.pullthrough))),
-            show_ratio(row.ratio(dist)),
-        );
-    }
-
-    println!();
-    println!("targets (pullthrough / nginx; reported, never enforced: shared machines are noisy):");
-    for row in rows {
-        let ratio = row.ratio(Some(&row.pullthrough));
-        let verdict = match ratio {
-            None => "unknown (a run failed)",
-            Some(r) if r >= row.target => "met",
-            Some(_) => "MISSED",
-        };
-        println!(
-            "  {:<18} >= {:.2}x   got {:>8}   {verdict}",
-            row.label,
-            row.target,
-            show_ratio(ratio)
+            row.show(&row.pullthrough),
+            row.show(&row.nginx),
+            row.show(&row.distribution),
+            show_ratio(row.ratio(&row.pullthrough)),
+            show_ratio(row.ratio(&row.distribution)),
         );
     }
 
     println!();
     println!("server CPU per request (user + system; lower is better):");
+    println!(
+        "  {:<18} {:>13} {:>13} {:>13} {:>9}",
+        "endpoint", "pullthrough", "nginx", "distribution", "pt/nginx"
+    );
     for row in rows {
-        let us = |m: Option<&Measured>| {
-            m.and_then(|m| m.cpu_us_per_request)
-                .map_or(format!("{:>13}", "-"), |us| format!("{us:>10.1} us"))
-        };
-        let ratio = match (
-            row.pullthrough.cpu_us_per_request,
-            row.nginx.cpu_us_per_request,
-        ) {
-            (Some(p), Some(n)) if p > 0.0 => show_ratio(Some(n / p)),
-            _ => "-".to_owned(),
+        let us = |series: &[Measured]| {
+            median_cpu(series).map_or(format!("{:>13}", "-"), |us| format!("{us:>10.1} us"))
         };
         println!(
-            "  {:<18} {} {} {}   nginx/pt {ratio}",
+            "  {:<18} {} {} {} {:>9}",
             row.label,
-            us(Some(&row.pullthrough)),
-            us(Some(&row.nginx)),
-            us(row.distribution.as_ref()),
+            us(&row.pullthrough),
+            us(&row.nginx),
+            us(&row.distribution),
+            show_ratio(row.cpu_ratio()),
         );
     }
 
     println!();
-    println!("latency p50 / p99:");
+    println!("latency p50 / p99 (first round):");
     for row in rows {
-        let mut cells = vec![latency(&row.pullthrough), latency(&row.nginx)];
-        if let Some(d) = &row.distribution {
-            cells.push(latency(d));
+        let mut cells = vec![latency(row.pullthrough.first()), latency(row.nginx.first())];
+        if let Some(d) = row.distribution.first() {
+            cells.push(latency(Some(d)));
         }
         println!("  {:<18} {}", row.label, cells.join("  "));
     }
@@ -146,8 +176,50 @@ pub fn print(rows: &[Row]) {
     }
 }
 
-fn latency(m: &Measured) -> String {
-    let Ok(run) = &m.run else {
+/// The warm goals (pullthrough against nginx), one line per row that has
+/// one; `None` when a figure is missing.
+pub fn print_goals(rows: &[Row]) {
+    for row in rows {
+        let (measured, wanted, met) = match row.goal {
+            Goal::None => continue,
+            Goal::CpuAtMost(max) => {
+                let r = row.cpu_ratio();
+                (
+                    r,
+                    format!("CPU/request <= {max:.2}x nginx"),
+                    r.map(|r| r <= max),
+                )
+            }
+            Goal::ThroughputAtLeast(min) => {
+                let r = row.ratio(&row.pullthrough);
+                (
+                    r,
+                    format!("throughput >= {min:.2}x nginx"),
+                    r.map(|r| r >= min),
+                )
+            }
+        };
+        println!(
+            "  {:<18} {:<30} got {:>8}   {}",
+            row.label,
+            wanted,
+            show_ratio(measured),
+            verdict(met)
+        );
+    }
+}
+
+/// `met`, `MISSED`, or `unknown` when a figure is missing.
+pub fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "unknown (a run failed)",
+    }
+}
+
+fn latency(m: Option<&Measured>) -> String {
+    let Some(Ok(run)) = m.map(|m| &m.run) else {
         return format!("{:>21}", "-");
     };
     let ms = |d: Option<std::time::Duration>| {
@@ -160,12 +232,14 @@ fn notes(rows: &[Row]) -> Vec<String> {
     let mut notes = Vec::new();
     for row in rows {
         let servers = [
-            ("pullthrough", Some(&row.pullthrough)),
-            ("nginx", Some(&row.nginx)),
-            ("distribution", row.distribution.as_ref()),
+            ("pullthrough", &row.pullthrough),
+            ("nginx", &row.nginx),
+            ("distribution", &row.distribution),
         ];
-        for (name, m) in servers {
-            let Some(m) = m else { continue };
+        for (name, m) in servers
+            .iter()
+            .flat_map(|(name, s)| s.iter().map(move |m| (name, m)))
+        {
             match &m.run {
                 Err(e) => notes.push(format!("{name}, {}: run failed: {e}", row.label)),
                 Ok(run) => {

@@ -400,6 +400,14 @@ impl HubSim {
         format!("{}/{name}", prefix.expect("started without a front_prefix"))
     }
 
+    /// A signed CDN URL for `digest`, as a blob redirect gives one: what a
+    /// client that fetches the blob from the CDN directly uses.
+    pub fn signed_blob_url(&self, digest: &str) -> String {
+        let sig = util::random_hex(16);
+        self.shared.issue_sig(sig.clone(), digest.to_owned());
+        format!("{}/blobs/{digest}?sig={sig}", self.cdn_url)
+    }
+
     /// A snapshot of the request counters.
     pub fn counters(&self) -> Counters {
         self.shared.counters()
