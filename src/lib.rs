@@ -16,6 +16,7 @@
 //! - [`cli`]: the operator commands `status`, `warm` and `doctor`.
 //! - [`listen`]: accepts connections (TLS optional) within timeouts and
 //!   limits, and serves the router on them.
+//! - [`logsink`]: where log lines go, written out by a thread of its own.
 //! - [`server`]: wires it all together and serves until shutdown.
 //! - `parsers`: every parser of client or upstream input in one place, for
 //!   the property tests and the fuzz targets (`fuzz/`); not an API.
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod listen;
+pub mod logsink;
 pub mod metrics;
 #[doc(hidden)]
 pub mod parsers;

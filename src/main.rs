@@ -240,7 +240,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _log_guard = init_logging(config.log_format);
+    let _log_flush = match init_logging(config.log_format) {
+        Ok(flush) => flush,
+        Err(e) => {
+            eprintln!("pullthrough: cannot start the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -279,9 +285,6 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Bytes of log lines written to stdout at once.
-const LOG_BUFFER: usize = 64 * 1024;
-
 /// The most threads tokio may start for blocking work.
 const BLOCKING_THREADS: usize = 32;
 
@@ -313,18 +316,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs go to stdout through a background writer, so a slow terminal or
-/// pipe never holds up a request. The writer buffers: under load it takes
-/// every line waiting and writes them with one system call (not one per
-/// request's line), and it writes whatever it has before it waits for the
-/// next line, so no line is held back. `PULLTHROUGH_LOG` (or `RUST_LOG`)
-/// filters.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stdout through a background writer (see
+/// [`pullthrough::logsink`]), so a slow terminal or pipe never holds up a
+/// request: lines gather for a few milliseconds and go out with one system
+/// call. `PULLTHROUGH_LOG` (or `RUST_LOG`) filters.
+fn init_logging(format: LogFormat) -> std::io::Result<pullthrough::logsink::Flush> {
     let filter = EnvFilter::try_from_env("PULLTHROUGH_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let stdout = std::io::BufWriter::with_capacity(LOG_BUFFER, std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking(stdout);
+    let (writer, flush) = pullthrough::logsink::LogSink::spawn(std::io::stdout())?;
     // Colour only for a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
@@ -335,5 +335,5 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    guard
+    Ok(flush)
 }
