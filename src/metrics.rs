@@ -9,7 +9,7 @@ mod blobs;
 mod cluster;
 mod listener;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use blobs::BlobCollectors;
 pub use cluster::ClusterCollectors;
@@ -30,6 +30,13 @@ pub struct Collectors {
     pub requests: IntCounterVec,
     /// Client request latency by endpoint kind and outcome.
     pub request_seconds: HistogramVec,
+    /// `requests` with status 200, by an index the access record gives
+    /// each endpoint kind and outcome.
+    pub requests_ok: Resolved<prometheus::IntCounter>,
+    /// `request_seconds`, by the same index.
+    pub request_seconds_by: Resolved<prometheus::Histogram>,
+    /// `traffic.served_bytes`, by an index the access record gives each tier.
+    pub served_bytes_by: Resolved<prometheus::IntCounter>,
     /// Requests sent upstream by upstream, kind and status (or error kind).
     pub upstream_requests: IntCounterVec,
     /// Blob bytes downloaded from upstream.
@@ -141,6 +148,30 @@ impl TrafficCollectors {
                 "Clients cut off (their connection aborted, so they retry) for not reading a download held in memory while it waited on them.",
             ),
         }
+    }
+}
+
+/// Children of a labelled metric resolved once each and kept, by an index
+/// the caller gives each label set: recording then costs an index and an
+/// atomic load, where `with_label_values` hashes the labels and takes the
+/// vector's lock on every call. A child is created on its first use only,
+/// so a label set never used never appears in `/metrics`.
+pub struct Resolved<M> {
+    children: Box<[OnceLock<M>]>,
+}
+
+impl<M> Resolved<M> {
+    /// Room for label sets `0..len`.
+    pub fn new(len: usize) -> Self {
+        Resolved {
+            children: (0..len).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The child at `index`, resolved by `resolve` the first time;
+    /// `None` for an index beyond the room.
+    pub fn get(&self, index: usize, resolve: impl FnOnce() -> M) -> Option<&M> {
+        Some(self.children.get(index)?.get_or_init(resolve))
     }
 }
 
@@ -267,6 +298,10 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
         .expect("metric registered once");
     g
 }
+
+/// Label sets [`Resolved`] keeps for the request metrics; more than the
+/// endpoint kinds times the outcomes. Beyond it, labels are looked up.
+const RESOLVED_ROOM: usize = 128;
 
 impl Metrics {
     /// Registers every collector in a fresh registry.
@@ -407,6 +442,9 @@ impl Metrics {
             registry,
             requests,
             request_seconds,
+            requests_ok: Resolved::new(RESOLVED_ROOM),
+            request_seconds_by: Resolved::new(RESOLVED_ROOM),
+            served_bytes_by: Resolved::new(RESOLVED_ROOM),
             upstream_requests,
             upstream_bytes,
             digest_mismatches,

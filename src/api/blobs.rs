@@ -110,12 +110,7 @@ fn blob_response(
             );
         }
     }
-    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
-        headers.insert("docker-content-digest", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-        headers.insert(header::ETAG, v);
-    }
+    super::insert_digest_headers(headers, digest.as_str());
     response.extensions_mut().insert(reply.outcome);
     response
 }

@@ -42,12 +42,7 @@ fn manifest_response(reply: ManifestReply) -> Response {
         headers.insert(header::CONTENT_TYPE, v);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.size));
-    if let Ok(v) = HeaderValue::from_str(digest) {
-        headers.insert("docker-content-digest", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-        headers.insert(header::ETAG, v);
-    }
+    super::insert_digest_headers(headers, digest);
     response.extensions_mut().insert(reply.outcome);
     if let Some(checked) = checked {
         response.extensions_mut().insert(checked);

@@ -29,7 +29,7 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 pub use access::EndpointKind;
 pub use auth::{AuthError, ClientAuth};
@@ -58,7 +58,7 @@ pub struct AppState {
 
 /// The whole API, ready to serve or to drive with `oneshot` in tests.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v2", any(dispatch_base))
         .route("/v2/", any(dispatch_base))
         .route("/v2/{*rest}", any(dispatch))
@@ -72,11 +72,17 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/_pullthrough/pin",
             get(admin::pins).post(admin::pin).delete(admin::pin),
-        )
-        .layer(axum::middleware::from_fn_with_state(
+        );
+    // Without client authentication the guard would admit every request:
+    // it is left out rather than run for nothing.
+    let routes = match state.auth {
+        Some(_) => routes.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
-        ))
+        )),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::record,
@@ -168,6 +174,23 @@ fn tag(kind: EndpointKind, result: Result<Response, ApiError>) -> Response {
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     response.extensions_mut().insert(kind);
     response
+}
+
+/// Sets the headers every manifest and blob answer carries for `digest`:
+/// `Docker-Content-Digest`, and the `ETag` clients revalidate with (built
+/// without formatting).
+fn insert_digest_headers(headers: &mut HeaderMap, digest: &str) {
+    const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        headers.insert(DOCKER_CONTENT_DIGEST, v);
+    }
+    let mut etag = Vec::with_capacity(digest.len() + 2);
+    etag.push(b'"');
+    etag.extend_from_slice(digest.as_bytes());
+    etag.push(b'"');
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(etag)) {
+        headers.insert(header::ETAG, v);
+    }
 }
 
 /// Reads one parameter from a raw query string.

@@ -83,7 +83,14 @@ impl HotImages {
 /// `registry/repository@digest`.
 pub fn image_name(registry: &str, repository: &str, reference: &str) -> String {
     let separator = if reference.contains(':') { '@' } else { ':' };
-    format!("{registry}/{repository}{separator}{reference}")
+    // Built piece by piece: this runs for every manifest request.
+    let mut name = String::with_capacity(registry.len() + repository.len() + reference.len() + 2);
+    name.push_str(registry);
+    name.push('/');
+    name.push_str(repository);
+    name.push(separator);
+    name.push_str(reference);
+    name
 }
 
 #[cfg(test)]
