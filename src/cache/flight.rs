@@ -8,13 +8,15 @@
 //! - Bytes go to a temporary file in the disk tier. When the size is known
 //!   the file is sized up front and mapped once; the map is shared by every
 //!   client, each of which slices it as far as the download has written
-//!   (see `read.rs`). A client waiting on a download holds no thread and no
+//!   (see `read.rs`), and takes the bytes that arrived since from memory
+//!   (see `fresh.rs`): a client gets each piece as soon as it arrives. A client waiting on a download holds no thread and no
 //!   buffer: a rollout of a thousand nodes costs a thousand connections,
 //!   not a thousand copies. A slow client only falls behind; it never slows
 //!   the download or another client.
 //! - Writing and hashing run on the bounded file pool, one batch at a time
-//!   while the next batch arrives, so the download never holds a thread
-//!   either, and a burst of downloads cannot starve lookups.
+//!   while the next batch arrives, off the clients' path; the download
+//!   never holds a thread either, and a burst of downloads cannot starve
+//!   lookups.
 //! - When the disk tier cannot take a download (full, failing), it goes on
 //!   in memory, streamed to every client and cached nowhere (see `writer`).
 //! - Clients never receive the last byte before the digest is verified: on
@@ -48,6 +50,10 @@ pub type SourceError = Arc<dyn std::error::Error + Send + Sync>;
 /// Bytes gathered from the source before they are handed to the file pool
 /// while an earlier batch is still being written.
 const BATCH: usize = 1024 * 1024;
+
+/// Bytes gathered before a batch goes to an idle pool: the clients have
+/// them already (see `fresh`), so fewer, larger jobs cost less.
+const MIN_BATCH: usize = 256 * 1024;
 
 /// An object's bytes as a source delivers them.
 pub struct Source {
@@ -93,12 +99,12 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 pub(super) enum Progress {
     Connecting,
-    /// `view` holds at least `written` bytes (a map of the whole file
-    /// when the size is known).
+    /// `view` holds at least `readable` bytes: those that arrived, or
+    /// those written once the download went to memory.
     Streaming {
         view: View,
         size: Option<u64>,
-        written: u64,
+        readable: u64,
         origin: Origin,
         relay: Relay,
     },
@@ -119,14 +125,14 @@ impl Progress {
             Progress::Connecting => Ok((0, None)),
             Progress::Streaming {
                 size: Some(size),
-                written,
+                readable,
                 ..
-            } => Ok(((*written).min(size.saturating_sub(1)), Some(*size))),
+            } => Ok(((*readable).min(size.saturating_sub(1)), Some(*size))),
             Progress::Streaming {
                 size: None,
-                written,
+                readable,
                 ..
-            } => Ok((*written, None)),
+            } => Ok((*readable, None)),
             Progress::Done { size, .. } => Ok((*size, Some(*size))),
             Progress::Failed(e) => Err(e.to_string()),
         }
@@ -467,17 +473,22 @@ async fn transfer(
     let temp = cache.disk().create_temp(source.size).await;
     let seats = progress.relay().seats().clone();
     let mut writer = Writer::new(temp, source.size, &key.digest, memory, seats, metrics);
-    let view = match (writer.file(), writer.tail(), source.size) {
-        (Some(file), _, Some(size)) => {
-            View::Mapped(map_file(file, size).map_err(write_error("mapping a download"))?)
-        }
-        (_, Some(tail), _) => View::Mapped(Bytes::new()).spill(0, tail.clone()),
+    let view = match (writer.file(), writer.fresh(), writer.tail(), source.size) {
+        (Some(file), Some(fresh), _, Some(size)) => View::Filling {
+            map: map_file(file, size).map_err(write_error("mapping a download"))?,
+            fresh: fresh.clone(),
+        },
+        (_, Some(fresh), _, None) => View::Filling {
+            map: Bytes::new(),
+            fresh: fresh.clone(),
+        },
+        (_, _, Some(tail), _) => View::Mapped(Bytes::new()).spill(0, tail.clone()),
         _ => View::Mapped(Bytes::new()),
     };
     progress.replace(Progress::Streaming {
         view,
         size: source.size,
-        written: 0,
+        readable: 0,
         origin,
         relay: progress.relay().clone(),
     });
@@ -495,9 +506,12 @@ async fn transfer(
             let message = format!("the source sent more than the {size} bytes it announced");
             return Err(FlightError::Source(Arc::new(io::Error::other(message))));
         }
-        // Hand the batch over as soon as the pool is free, so readers see
-        // bytes at once; a busy pool lets the batch grow to `BATCH`.
-        if batch_len >= BATCH || !writer.busy() {
+        writer.arrived(batch.last().expect("just pushed"), progress);
+        // Hand the batch over once the pool is free (going to memory, at
+        // once: readers see it only then); a busy pool lets the batch grow
+        // to `BATCH`, and then the download waits for it.
+        let enough = batch_len >= MIN_BATCH || writer.fresh().is_none();
+        if batch_len >= BATCH || (enough && !writer.busy()) {
             writer.settle(progress).await?;
             writer.start(std::mem::take(&mut batch));
             batch_len = 0;

@@ -11,6 +11,7 @@ pub mod blocking;
 mod disk;
 pub mod evict;
 mod flight;
+mod fresh;
 mod memory;
 mod pinning;
 mod probe;

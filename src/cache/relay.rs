@@ -90,7 +90,7 @@ mod tests {
         publisher.replace(Progress::Streaming {
             view: View::Mapped(data.clone()),
             size: Some(SIZE),
-            written: 0,
+            readable: 0,
             origin: Origin::Upstream,
             relay: publisher.relay().clone(),
         });
@@ -108,10 +108,10 @@ mod tests {
             .collect()
     }
 
-    fn publish(publisher: &Publisher, written: u64) {
+    fn publish(publisher: &Publisher, readable: u64) {
         publisher.modify(|state| {
-            if let Progress::Streaming { written: w, .. } = state {
-                *w = written;
+            if let Progress::Streaming { readable: r, .. } = state {
+                *r = readable;
             }
         });
     }

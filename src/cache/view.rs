@@ -1,7 +1,8 @@
 //! A download's bytes as its readers see them: normally a map of its
-//! temporary file; when the disk tier cannot take the download (full, or
-//! failing), the bytes written before the failure from that map and the
-//! rest from memory.
+//! temporary file, and the bytes that arrived but are not written yet
+//! from memory (see `fresh`); when the disk tier cannot take the download
+//! (full, or failing), the bytes written before the failure from that map
+//! and the rest from memory.
 //!
 //! The memory part, a [`Tail`], is a list of the chunks as they arrived,
 //! shared by every reader of the download: appending takes a write lock for
@@ -13,13 +14,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::fresh::Fresh;
 use super::window::Tail;
 
 /// Where readers of a download slice its bytes from.
 #[derive(Clone, Debug)]
 pub(super) enum View {
-    /// The temporary file, mapped.
+    /// The temporary file, mapped (or a finished object).
     Mapped(Bytes),
+    /// A download still arriving: the bytes the file holds from its map,
+    /// the others from `fresh`.
+    Filling { map: Bytes, fresh: Arc<Fresh> },
     /// The disk failed after `prefix.len()` bytes: those from the file's
     /// map, the rest from memory.
     Spilled { prefix: Bytes, tail: Arc<Tail> },
@@ -30,7 +35,9 @@ impl View {
     /// bytes, which stay readable from this view's map.
     pub(super) fn spill(&self, written: u64, tail: Arc<Tail>) -> View {
         let prefix = match self {
-            View::Mapped(map) => map.slice(..(written as usize).min(map.len())),
+            View::Mapped(map) | View::Filling { map, .. } => {
+                map.slice(..(written as usize).min(map.len()))
+            }
             View::Spilled { prefix, .. } => prefix.clone(),
         };
         View::Spilled { prefix, tail }
@@ -41,10 +48,11 @@ impl View {
     /// dropped. Readers ask only for what the download has made readable.
     pub(super) fn piece(&self, pos: u64, stop: u64) -> Option<Bytes> {
         match self {
-            View::Mapped(map) => {
-                let end = (stop as usize).min(map.len());
-                Some(map.slice((pos as usize).min(end)..end))
-            }
+            View::Mapped(map) => Some(slice(map, pos, stop)),
+            View::Filling { map, fresh } => match fresh.piece(pos, stop) {
+                Ok(piece) => Some(piece),
+                Err(in_file) => Some(slice(map, pos, stop.min(in_file))),
+            },
             View::Spilled { prefix, tail } if pos < prefix.len() as u64 => {
                 let end = (stop as usize).min(prefix.len());
                 (tail.dropped() == 0).then(|| prefix.slice(pos as usize..end))
@@ -52,6 +60,12 @@ impl View {
             View::Spilled { tail, .. } => tail.piece(pos, stop),
         }
     }
+}
+
+/// `map[pos..stop]`, cut short at the map's end.
+fn slice(map: &Bytes, pos: u64, stop: u64) -> Bytes {
+    let end = (stop as usize).min(map.len());
+    map.slice((pos as usize).min(end)..end)
 }
 
 #[cfg(test)]

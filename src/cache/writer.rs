@@ -1,6 +1,8 @@
 //! Writes and hashes a download on the bounded file pool, one batch at a
 //! time, into its temporary file; or into memory when the disk tier cannot
-//! take it.
+//! take it. Going to a file, each piece is shown to the readers as soon as
+//! it arrives (see `fresh`), so neither the hashing nor the writing stands
+//! between upstream and the clients.
 //!
 //! Disk full (or any write error) never fails a download: the batch that
 //! could not be written, and every later one, are kept in memory instead
@@ -18,7 +20,9 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::flight::{FlightError, Progress, Publisher};
+use super::fresh::Fresh;
 use super::read::map_file;
+use super::view::View;
 use super::window::{DownloadMemory, Seats, Tail, make_room};
 use super::{CacheError, TempFile, blocking};
 use crate::digest::{Digest, Hasher};
@@ -26,7 +30,8 @@ use crate::metrics::Metrics;
 
 /// Where a download's bytes go.
 enum Sink {
-    File(TempFile),
+    /// A file, and what arrived but is not in it yet.
+    File(TempFile, Arc<Fresh>),
     Memory(Arc<Tail>),
 }
 
@@ -38,10 +43,12 @@ type Job = (Hasher, io::Result<()>);
 pub(super) struct Writer {
     sink: Sink,
     size: Option<u64>,
-    /// Bytes written and hashed, and so readable.
+    /// Bytes written and hashed.
     pub(super) written: u64,
     /// Bytes handed to the pool, written or not.
     pub(super) queued: u64,
+    /// Bytes arrived, all readable while the download goes to a file.
+    arrived: u64,
     hasher: Option<Hasher>,
     /// The batch being written, kept to go to memory if the write fails.
     job: Option<(JoinHandle<io::Result<Job>>, Vec<Bytes>)>,
@@ -83,7 +90,7 @@ impl Writer {
         metrics: &Metrics,
     ) -> Self {
         let (sink, failure) = match temp {
-            Ok(temp) => (Sink::File(temp), None),
+            Ok(temp) => (Sink::File(temp, Fresh::new()), None),
             Err(e) => (Sink::Memory(Tail::new(0, memory.clone())), Some(e)),
         };
         let writer = Writer {
@@ -91,6 +98,7 @@ impl Writer {
             size,
             written: 0,
             queued: 0,
+            arrived: 0,
             hasher: Some(Hasher::new(digest.algorithm())),
             job: None,
             digest: digest.clone(),
@@ -111,16 +119,41 @@ impl Writer {
     /// The file, while the download still goes to one.
     pub(super) fn file(&self) -> Option<&Arc<File>> {
         match &self.sink {
-            Sink::File(temp) => Some(temp.file()),
+            Sink::File(temp, _) => Some(temp.file()),
             Sink::Memory(_) => None,
         }
+    }
+
+    /// What arrived but is not in the file yet, while the download goes
+    /// to a file.
+    pub(super) fn fresh(&self) -> Option<&Arc<Fresh>> {
+        match &self.sink {
+            Sink::File(_, fresh) => Some(fresh),
+            Sink::Memory(_) => None,
+        }
+    }
+
+    /// Takes note of a piece that arrived (and goes to the pool in a later
+    /// batch): going to a file, readers may take it at once.
+    pub(super) fn arrived(&mut self, piece: &Bytes, progress: &Publisher) {
+        self.arrived += piece.len() as u64;
+        let Some(fresh) = self.fresh() else {
+            return;
+        };
+        fresh.push(piece.clone());
+        let arrived = self.arrived;
+        progress.modify(|state| {
+            if let Progress::Streaming { readable, .. } = state {
+                *readable = arrived;
+            }
+        });
     }
 
     /// The tail the download goes to, once it goes to memory.
     pub(super) fn tail(&self) -> Option<&Arc<Tail>> {
         match &self.sink {
             Sink::Memory(tail) => Some(tail),
-            Sink::File(_) => None,
+            Sink::File(..) => None,
         }
     }
 
@@ -182,7 +215,7 @@ impl Writer {
                 self.gave_up(reason(&e), &e);
                 let tail = Tail::new(self.written, self.memory.clone());
                 // The file goes (unlinked now; readers keep their map of
-                // what was written before).
+                // what was written before), and with it what arrived after.
                 self.sink = Sink::Memory(tail.clone());
                 Some(tail)
             }
@@ -198,26 +231,37 @@ impl Writer {
         self.written = self.queued;
         // Without a known size the file grows: map what is written so far.
         let grown = match (&self.sink, self.size) {
-            (Sink::File(temp), None) => Some(map_file(temp.file(), self.written).map_err(|e| {
-                FlightError::Cache(Arc::new(CacheError::Io {
-                    tier: "disk",
-                    context: "mapping a download".into(),
-                    source: e,
-                }))
-            })?),
+            (Sink::File(temp, _), None) => {
+                Some(map_file(temp.file(), self.written).map_err(|e| {
+                    FlightError::Cache(Arc::new(CacheError::Io {
+                        tier: "disk",
+                        context: "mapping a download".into(),
+                        source: e,
+                    }))
+                })?)
+            }
             _ => None,
         };
-        let written = self.written;
+        let readable = match &self.sink {
+            Sink::File(_, fresh) => {
+                fresh.in_file_up_to(self.written);
+                self.arrived
+            }
+            Sink::Memory(_) => self.written,
+        };
         progress.modify(|state| {
             if let Progress::Streaming {
-                view, written: w, ..
+                view, readable: r, ..
             } = state
             {
-                *w = written;
+                *r = readable;
                 if let Some(tail) = spilled {
                     *view = view.spill(before, tail);
-                } else if let Some(grown) = grown {
-                    *view = super::view::View::Mapped(grown);
+                } else if let (Some(map), View::Filling { fresh, .. }) = (grown, &*view) {
+                    *view = View::Filling {
+                        map,
+                        fresh: fresh.clone(),
+                    };
                 }
             }
         });
@@ -229,7 +273,7 @@ impl Writer {
     pub(super) fn finish(mut self) -> (Digest, u64, Option<TempFile>) {
         let hasher = self.hasher.take().expect("settled before finishing");
         let temp = match self.sink {
-            Sink::File(temp) => Some(temp),
+            Sink::File(temp, _) => Some(temp),
             Sink::Memory(_) => None,
         };
         (hasher.finish(), self.written, temp)
