@@ -9,8 +9,9 @@
 //! coalescing take about two and a half minutes, the S3 rows about one
 //! more, the rollout a minute or two, the fleet rollout about one and the
 //! redirects about four. `BENCH_ONLY=http`, `s3`, `rollout`, `fleet` or
-//! `redirect` runs only that section; the rollout and the fleet rollout
-//! need none of the programs below, the redirects need `s3s-fs` and `curl`.
+//! `redirect` runs only that section (`cold`, only the cold pull of
+//! `http`); the rollout, the fleet rollout and the cold pull need none of
+//! the programs below, the redirects need `s3s-fs` and `curl`.
 //! It needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`);
 //! `docker-registry` (distribution 2.8) is optional and adds a column, and
 //! `s3s-fs` (`cargo install s3s-fs@0.14.1 --features binary --locked`, or
@@ -435,6 +436,7 @@ enum Only {
     Rollout,
     Fleet,
     Redirect,
+    Cold,
 }
 
 fn only() -> Result<Only, String> {
@@ -447,9 +449,10 @@ fn only() -> Result<Only, String> {
             "rollout" => Ok(Only::Rollout),
             "fleet" => Ok(Only::Fleet),
             "redirect" => Ok(Only::Redirect),
+            "cold" => Ok(Only::Cold),
             _ => Err(format!(
-                "BENCH_ONLY must be `http`, `s3`, `rollout`, `fleet` or `redirect` (or unset \
-                 for every section), not {v:?}"
+                "BENCH_ONLY must be `http`, `s3`, `rollout`, `fleet`, `redirect` or `cold` (or \
+                 unset for every section), not {v:?}"
             )),
         },
     }
@@ -471,6 +474,14 @@ fn run() -> Result<(), String> {
     println!("pullthrough: {}", binary.display());
     if matches!(only, Only::All | Only::Http | Only::S3) {
         nginx_rows(&rt, &binary, only, seconds, rounds)?;
+    }
+    if only == Only::Cold {
+        // The cold pull alone (also part of `http`), for quick comparisons.
+        let sim = rt.block_on(HubSim::start());
+        let fx = seed(&sim, 0);
+        let cold = cold::run(&rt, &binary, &sim, &fx.small.0, &fx.large, rounds);
+        cold::print(&cold);
+        cold::print_goals(&cold);
     }
     if matches!(only, Only::All | Only::Rollout) {
         // Only pullthrough takes part; the other servers are stopped.

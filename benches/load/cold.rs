@@ -145,27 +145,11 @@ async fn fetch(url: &str, expected: &Bytes) -> Result<Pull, String> {
     let client = http::client();
     let started = Instant::now();
     let mut response = http::get_ok(&client, url).await?;
-    let mut first_byte = None;
-    let mut len = 0usize;
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("GET {url}: body: {e}"))?
-    {
-        first_byte.get_or_insert_with(|| started.elapsed());
-        let end = len + chunk.len();
-        if expected.get(len..end) != Some(&chunk[..]) {
-            return Err(format!("GET {url}: wrong bytes in {len}..{end}"));
-        }
-        len = end;
-    }
-    if len != expected.len() {
-        return Err(format!("GET {url}: {len} of {} bytes", expected.len()));
-    }
+    let (bytes, first_byte) = http::read_compared(url, &mut response, expected, started).await?;
     Ok(Pull {
         first_byte: first_byte.unwrap_or_default(),
         total: started.elapsed(),
-        bytes: len as u64,
+        bytes,
     })
 }
 

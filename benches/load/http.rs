@@ -1,7 +1,7 @@
 //! The bench's own HTTP client: warm-up fetches and the coalescing clients,
 //! checking bodies as they stream in.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -77,26 +77,42 @@ pub async fn get_compared(
 ) -> Result<u64, String> {
     let fetch = async {
         let mut response = get_ok(client, url).await?;
-        let mut len = 0usize;
-        while let Some(chunk) = response
-            .chunk()
+        read_compared(url, &mut response, expected, Instant::now())
             .await
-            .map_err(|e| format!("GET {url}: body: {e}"))?
-        {
-            let end = len + chunk.len();
-            if expected.get(len..end) != Some(&chunk[..]) {
-                return Err(format!("GET {url}: wrong bytes in {len}..{end}"));
-            }
-            len = end;
-        }
-        if len != expected.len() {
-            return Err(format!("GET {url}: {len} of {} bytes", expected.len()));
-        }
-        Ok(len as u64)
+            .map(|(len, _)| len)
     };
     tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| format!("GET {url}: no complete answer within {timeout:?}"))?
+}
+
+/// Reads the body of `response` (to `url`), checking that it is exactly
+/// `expected` piece by piece as it arrives. Returns its length and how long
+/// after `started` its first piece came.
+pub async fn read_compared(
+    url: &str,
+    response: &mut reqwest::Response,
+    expected: &Bytes,
+    started: Instant,
+) -> Result<(u64, Option<Duration>), String> {
+    let mut first = None;
+    let mut len = 0usize;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url}: body: {e}"))?
+    {
+        first.get_or_insert_with(|| started.elapsed());
+        let end = len + chunk.len();
+        if expected.get(len..end) != Some(&chunk[..]) {
+            return Err(format!("GET {url}: wrong bytes in {len}..{end}"));
+        }
+        len = end;
+    }
+    if len != expected.len() {
+        return Err(format!("GET {url}: {len} of {} bytes", expected.len()));
+    }
+    Ok((len as u64, first))
 }
 
 /// GETs `url` and returns the response, unless it failed or is not a 200.
