@@ -12,12 +12,6 @@ use pullthrough::config::{Config, LogFormat, Overrides, parse_upstream_flag};
 use pullthrough::server;
 use tracing_subscriber::EnvFilter;
 
-/// Every request allocates and frees many small buffers (head, headers,
-/// futures, log line); mimalloc serves them from per-thread pages for less
-/// CPU than glibc's malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "pullthrough",
