@@ -48,6 +48,15 @@ pub struct BlobReply {
     pub outcome: Outcome,
 }
 
+/// The answer that sends the client to the bucket.
+fn redirected(redirect: Redirect) -> BlobReply {
+    BlobReply {
+        size: Some(redirect.size),
+        body: BlobBody::Redirect(redirect),
+        outcome: Outcome::Redirected,
+    }
+}
+
 fn upstream_error(digest: &Digest) -> impl FnOnce(UpstreamError) -> RegistryError + '_ {
     move |e| match e.kind {
         ErrorKind::NotFound => RegistryError::BlobUnknown(digest.to_string()),
@@ -70,6 +79,9 @@ impl Registry {
         // Only a client's own request goes to the bucket: a peer asking
         // this replica as the owner wants the bytes themselves.
         let may_redirect = want == BlobWant::BodyOrRedirect && caller.scope == Scope::Fleet;
+        if may_redirect && let Some(reply) = self.known_redirect(&key).await {
+            return Ok(reply);
+        }
         let in_memory = self.inner.cache.memory().get(&key);
         // A download under way is joined before the other tiers are asked:
         // they cannot have the blob yet, and in a rollout thousands of
@@ -147,11 +159,14 @@ impl Registry {
     /// when the shared tier can give one (see `S3Tier::redirect`).
     async fn redirect(&self, key: &ObjectKey, size: Option<u64>) -> Option<BlobReply> {
         let redirect = self.inner.cache.shared()?.redirect(key, size).await?;
-        Some(BlobReply {
-            size: Some(redirect.size),
-            body: BlobBody::Redirect(redirect),
-            outcome: Outcome::Redirected,
-        })
+        Some(redirected(redirect))
+    }
+
+    /// A redirect for `key` when the bucket is known to hold it, without
+    /// looking at any local tier (see `S3Tier::known_redirect`).
+    async fn known_redirect(&self, key: &ObjectKey) -> Option<BlobReply> {
+        let redirect = self.inner.cache.shared()?.known_redirect(key).await?;
+        Some(redirected(redirect))
     }
 
     /// Where a download of `key` gets its bytes (see [`download`]).

@@ -156,6 +156,11 @@ impl Redirects {
         self.known.get_with_by_ref(key, head).await
     }
 
+    /// What the bucket is known to hold of `key` right now, without asking.
+    async fn known(&self, key: &ObjectKey) -> Option<u64> {
+        self.known.get(key).await.flatten()
+    }
+
     /// Records that the bucket now holds `key` (an upload finished).
     pub async fn stored(&self, key: &ObjectKey, size: u64) {
         self.known.insert(key.clone(), Some(size)).await;
@@ -227,6 +232,23 @@ impl S3Tier {
         let held = redirects.held(key, self.size_of(key)).await?;
         // A bucket object of another size than the blob is not the blob.
         if !redirects.worth(held) || size.is_some_and(|s| s != held) {
+            return None;
+        }
+        let url = redirects.url_for(key, &self.object_key(key)).await?;
+        Some(Redirect { url, size: held })
+    }
+
+    /// A redirect for a GET of blob `key` when the bucket is already known
+    /// to hold it (a HEAD or an upload said so moments ago): answered
+    /// before any local tier is looked at, so a rollout's redirects cost no
+    /// disk lookup. `None` when not known; [`S3Tier::redirect`] then asks.
+    pub async fn known_redirect(&self, key: &ObjectKey) -> Option<Redirect> {
+        let redirects = self.redirects.as_ref()?;
+        if self.is_degraded() {
+            return None;
+        }
+        let held = redirects.known(key).await?;
+        if !redirects.worth(held) {
             return None;
         }
         let url = redirects.url_for(key, &self.object_key(key)).await?;
